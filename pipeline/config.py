@@ -1,0 +1,90 @@
+"""Validated configs for each stage, and how they are assembled.
+
+Precedence: the schema's defaults, then a YAML file or a section of one (`--config
+params.yaml:collect`, the DVC way), then command-line flags. An unknown key or a bad value is
+a `UserError` that names the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import UserError
+
+
+class StrictConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CollectConfig(StrictConfig):
+    """`pvr-pipe collect`: roll out a behaviour policy and store the episodes as shards."""
+
+    env: str = "dmc/cartpole-swingup"
+    variant: str = "train"
+    variant_seed: int = Field(0, ge=0, description="fixes the variant's look")
+    episodes: int = Field(10, gt=0)
+    seed: int = Field(0, ge=0, description="master seed; per-episode seeds derive from it")
+    out: Path | None = None
+    episodes_per_shard: int = Field(10, gt=0)
+    frame_size: int = Field(64, ge=16, le=1024)
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(95, ge=90, le=100)
+    max_steps: int | None = Field(None, gt=0, description="cap on agent steps per episode")
+    action_repeat: int | None = Field(None, gt=0, description="default: the env's own")
+    camera: int | None = Field(None, ge=0, description="default: the env's own")
+    fast_render: bool = False
+    policy: str = "random"
+    workers: int = Field(1, gt=0, description="env processes; does not change the bytes written")
+
+    def dataset_fingerprint(self) -> dict[str, Any]:
+        """What determines the bytes of the dataset (not where it goes or how many processes)."""
+        return self.model_dump(mode="json", exclude={"out", "workers"})
+
+
+Config = TypeVar("Config", bound=StrictConfig)
+
+
+def load_config(schema: type[Config], config_ref: str | None, overrides: dict[str, Any]) -> Config:
+    """Defaults < `config_ref` (`file.yaml` or `file.yaml:section.sub`) < `overrides`."""
+    values: dict[str, Any] = {}
+    where = "command line"
+    if config_ref:
+        values = read_config_section(config_ref)
+        where = config_ref
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return schema(**values)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(error, where, schema)) from None
+
+
+def read_config_section(config_ref: str) -> dict[str, Any]:
+    path_text, _, section = config_ref.partition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"config file '{path}' is not valid YAML: {str(error).splitlines()[0]}") from None
+    for key in filter(None, section.split(".")):
+        if not isinstance(data, dict) or key not in data:
+            have = ", ".join(data) if isinstance(data, dict) else "none"
+            raise UserError(f"section '{section}' not found in '{path}' (top-level keys: {have})")
+        data = data[key]
+    if not isinstance(data, dict):
+        raise UserError(f"'{config_ref}' is not a mapping of options")
+    return data
+
+
+def describe_validation_error(error: ValidationError, where: str, schema: type[BaseModel]) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return (f"unknown config key '{key}' (from {where}); valid keys: "
+                f"{', '.join(schema.model_fields)}")
+    return f"invalid value for '{key}' (from {where}): {first['msg']} (got {first.get('input')!r})"

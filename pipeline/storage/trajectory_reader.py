@@ -1,0 +1,77 @@
+"""Read a trajectory dataset: its episodes (through `webdataset`), integrity and a summary."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.storage.episode import STEP_ARRAYS, Episode
+from pipeline.storage.manifest import TrajectoryManifest, read_manifest, sha256_file
+
+
+def decode_episode(sample: dict[str, Any]) -> Episode:
+    """An `Episode` from a raw WebDataset sample (field name -> bytes)."""
+    frame_fields = sorted(k for k in sample if k.startswith("frame."))
+    frames = np.stack([np.asarray(Image.open(io.BytesIO(sample[k])).convert("RGB")) for k in frame_fields])
+    arrays = {name: np.load(io.BytesIO(sample[f"{name}.npy"]), allow_pickle=False) for name in STEP_ARRAYS}
+    return Episode(frames=frames, meta=json.loads(sample["meta.json"]), **arrays)
+
+
+def iter_episodes(root: Path, manifest: TrajectoryManifest | None = None) -> Iterator[Episode]:
+    """Every episode of the dataset at `root`, in shard order."""
+    manifest = manifest or read_manifest(root)
+    for shard in manifest.shards:
+        path = Path(root) / shard.name
+        if not path.is_file():
+            raise UserError(f"shard '{path}' is missing; pull or re-collect the dataset")
+        try:
+            for sample in wds.WebDataset(str(path), shardshuffle=False):
+                yield decode_episode(sample)
+        except (tarfile.TarError, OSError, ValueError, KeyError) as error:
+            raise UserError(f"shard '{path}' is corrupt ({type(error).__name__}: {error}); "
+                            "re-collect the dataset or pull it again") from None
+
+
+def verify_dataset(root: Path, manifest: TrajectoryManifest | None = None) -> None:
+    """Check each shard's sha256 against the manifest; a mismatch is a `UserError` naming it."""
+    manifest = manifest or read_manifest(root)
+    for shard in manifest.shards:
+        path = Path(root) / shard.name
+        if not path.is_file():
+            raise UserError(f"shard '{path}' is missing; pull or re-collect the dataset")
+        if sha256_file(path) != shard.sha256:
+            raise UserError(f"shard '{path}' is corrupt (sha256 differs from manifest.json); "
+                            "re-collect the dataset or pull it again")
+
+
+def summarize(manifest: TrajectoryManifest) -> dict[str, Any]:
+    """What `pvr-pipe info` shows for a trajectory dataset."""
+    returns = np.array([r for shard in manifest.shards for r in shard.episode_returns])
+    lengths = np.array([n for shard in manifest.shards for n in shard.episode_steps])
+    return {
+        "kind": "trajectories",
+        "env": manifest.env,
+        "variant": f"{manifest.variant} (variant seed {manifest.variant_seed})",
+        "policy": manifest.policy,
+        "episodes": manifest.episodes,
+        "steps": manifest.steps,
+        "frames": manifest.frames,
+        "episode_length": f"{lengths.min()}-{lengths.max()} steps (mean {lengths.mean():.1f})",
+        "frame": f"{manifest.frame_size}x{manifest.frame_size} RGB, {manifest.image_format}",
+        "action": f"{manifest.action_dim}-d, repeat {manifest.action_repeat}",
+        "state": ", ".join(f"{k}[{n}]" for k, n in manifest.state_keys.items()),
+        "return": (f"mean {returns.mean():.2f}, std {returns.std():.2f}, "
+                   f"min {returns.min():.2f}, max {returns.max():.2f}"),
+        "shards": len(manifest.shards),
+        "bytes": sum(s.bytes for s in manifest.shards),
+        "seed": manifest.seed,
+        "code_version": manifest.code_version,
+    }

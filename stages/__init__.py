@@ -1,0 +1,1 @@
+"""What pvr-pipe does: one module per DVC stage, plus the `pvr-pipe` command line."""

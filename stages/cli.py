@@ -1,0 +1,121 @@
+"""The `pvr-pipe` command: one verb per stage, plus `envs` and `info`.
+
+Every stage option can also come from a YAML file or a section of one (`--config
+params.yaml:collect`); flags given on the command line win. Bad input ends with one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import CollectConfig, load_config
+from pipeline.errors import UserError
+
+CONFIG_HELP = "YAML file, or FILE:SECTION (e.g. params.yaml:collect), giving options; flags win."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pvr-pipe")
+def cli() -> None:
+    """Pre-trained visual representations for model-based RL: collect, encode, train, report."""
+
+
+@cli.command()
+@click.option("--config", "config_ref", metavar="FILE[:SECTION]", help=CONFIG_HELP)
+@click.option("--env", help="Env id, e.g. dmc/cartpole-swingup (see `pvr-pipe envs`).")
+@click.option("--variant", help="Visual variant: train or an OOD variant of the env.")
+@click.option("--variant-seed", type=int, help="Seed that fixes the variant's look.")
+@click.option("--episodes", type=int, help="Number of episodes.")
+@click.option("--seed", type=int, help="Master seed; per-episode seeds derive from it.")
+@click.option("--out", type=click.Path(path_type=Path), help="Dataset directory to write.")
+@click.option("--episodes-per-shard", type=int, help="Episodes per WebDataset shard.")
+@click.option("--frame-size", type=int, help="Square frame size in pixels (64, 224, ...).")
+@click.option("--image-format", type=click.Choice(["png", "jpeg"]), help="How frames are stored.")
+@click.option("--jpeg-quality", type=int, help="JPEG quality, 90-100.")
+@click.option("--max-steps", type=int, help="Cap on agent steps per episode.")
+@click.option("--action-repeat", type=int, help="Override the env's action repeat.")
+@click.option("--camera", type=int, help="Override the env's camera id.")
+@click.option("--fast-render/--no-fast-render", default=None,
+              help="DMC: no shadows/reflections (faster, different images).")
+@click.option("--policy", help="Behaviour policy: random, or package.module:factory.")
+@click.option("--workers", type=int, help="Env processes in parallel.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def collect(config_ref: str | None, quiet: bool, **options) -> None:
+    """Roll out a policy and store episodes as WebDataset shards."""
+    from stages import collect as collect_stage
+
+    cfg = load_config(CollectConfig, config_ref, options)
+    manifest = collect_stage.run(cfg, show_progress=not quiet)
+    click.echo(f"{cfg.out}: {manifest.episodes} episodes, {manifest.steps} steps, "
+               f"{len(manifest.shards)} shards")
+
+
+@cli.command()
+def envs() -> None:
+    """List env ids and their visual variants."""
+    from pipeline.envs import env_ids, get_entry
+    from pipeline.envs.variants import DESCRIPTIONS
+
+    table = Table("env", "variants", "description", box=None)
+    for env_id in env_ids():
+        entry = get_entry(env_id)
+        table.add_row(env_id, ", ".join(entry.variants), entry.description)
+    console = Console(width=200)
+    console.print(table)
+    console.print("\nvariants: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Also check every shard's sha256.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(path: Path, verify: bool, as_json: bool) -> None:
+    """Summarise a trajectory dataset: episodes, steps, frames, returns, provenance."""
+    from pipeline.storage.manifest import read_manifest
+    from pipeline.storage.trajectory_reader import summarize, verify_dataset
+
+    if not path.exists():
+        raise UserError(f"'{path}' does not exist")
+    manifest = read_manifest(path)
+    if verify:
+        verify_dataset(path, manifest)
+    summary = summarize(manifest) | ({"verified": "all shard hashes match"} if verify else {})
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the command; bad input is one line on stderr and exit code 2."""
+    try:
+        result = cli.main(args=argv, prog_name="pvr-pipe", standalone_mode=False)
+    except UserError as error:
+        _fail("pvr-pipe", str(error))
+    except click.ClickException as error:
+        ctx = getattr(error, "ctx", None)
+        command = ctx.command_path if ctx else "pvr-pipe"
+        _fail(command, f"{error.format_message()} (see '{command} --help')")
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("pvr-pipe: interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(command: str, message: str) -> None:
+    click.echo(f"{command}: error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
