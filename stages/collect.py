@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -26,8 +26,8 @@ from pipeline.policies import Policy, make_policy
 from pipeline.provenance import code_version
 from pipeline.storage.episode import Episode
 from pipeline.storage.manifest import ShardRecord, TrajectoryManifest
-from pipeline.storage.trajectory_writer import (TrajectoryDatasetWriter, encode_episode, episode_key,
-                                                shard_name, write_shard)
+from pipeline.storage.trajectory_writer import (TrajectoryDatasetWriter, encode_episode, encode_frame,
+                                                episode_key, shard_name, write_shard)
 
 
 def episode_seeds(seed: int, episodes: int) -> list[tuple[int, int]]:
@@ -37,11 +37,17 @@ def episode_seeds(seed: int, episodes: int) -> list[tuple[int, int]]:
 
 
 def collect_episode(env: gymnasium.Env, policy: Policy, env_seed: int, policy_seed: int,
-                    max_steps: int | None = None) -> Episode:
-    """Run one episode to its end (or `max_steps`) in the RLDS step convention."""
+                    max_steps: int | None = None,
+                    on_frame: Callable[[np.ndarray], None] | None = None) -> Episode:
+    """Run one episode to its end (or `max_steps`) in the RLDS step convention.
+
+    `on_frame` sees each frame as soon as it is rendered (collection encodes it in a thread).
+    """
     observation, _ = env.reset(seed=env_seed)
     policy.reset(policy_seed)
     frames, states, actions, rewards = [observation["image"]], [observation["state"]], [], [0.0]
+    if on_frame:
+        on_frame(observation["image"])
     terminated = False
     while True:
         action = np.asarray(policy.act(observation), np.float32)
@@ -50,6 +56,8 @@ def collect_episode(env: gymnasium.Env, policy: Policy, env_seed: int, policy_se
         rewards.append(reward)
         frames.append(observation["image"])
         states.append(observation["state"])
+        if on_frame:
+            on_frame(observation["image"])
         if terminated or truncated or (max_steps is not None and len(actions) >= max_steps):
             break
     actions.append(np.zeros_like(actions[0]))  # no action follows the last observation
@@ -81,11 +89,18 @@ def collect_shard(cfg: CollectConfig, index: int, out_dir: Path,
     first = index * cfg.episodes_per_shard
     indices = range(first, min(first + cfg.episodes_per_shard, cfg.episodes))
     keys, steps, returns = [], [], []
+    # Frames are encoded in a thread while the simulator renders the next ones (both release the GIL).
+    frame_encoder = ThreadPoolExecutor(1)
 
     def samples():
         for i in indices:
             env_seed, policy_seed = seeds[i]
-            episode = collect_episode(env, policy, env_seed, policy_seed, cfg.max_steps)
+            encoding = []
+
+            def encode_in_background(frame: np.ndarray) -> None:
+                encoding.append(frame_encoder.submit(encode_frame, frame, cfg.image_format, cfg.jpeg_quality))
+
+            episode = collect_episode(env, policy, env_seed, policy_seed, cfg.max_steps, encode_in_background)
             episode.meta = {"env": cfg.env, "variant": cfg.variant, "variant_seed": cfg.variant_seed,
                             "policy": policy.name, "episode_index": i, "env_seed": env_seed,
                             "policy_seed": policy_seed, "steps": episode.steps,
@@ -93,11 +108,13 @@ def collect_shard(cfg: CollectConfig, index: int, out_dir: Path,
             keys.append(episode_key(i))
             steps.append(episode.steps)
             returns.append(episode.total_return)
-            yield episode_key(i), encode_episode(episode, cfg.image_format, cfg.jpeg_quality)
+            frames = [future.result() for future in encoding]
+            yield episode_key(i), encode_episode(episode, cfg.image_format, encoded_frames=frames)
             if on_episode:
                 on_episode()
 
-    sha256, size = write_shard(out_dir / shard_name(index), samples())
+    with frame_encoder:
+        sha256, size = write_shard(out_dir / shard_name(index), samples())
     return ShardRecord(name=shard_name(index), sha256=sha256, bytes=size, episode_keys=keys,
                        episode_seeds=[seeds[i][0] for i in indices], episode_steps=steps,
                        episode_returns=returns)

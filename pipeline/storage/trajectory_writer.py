@@ -36,19 +36,31 @@ def episode_key(index: int) -> str:
     return f"ep{index:07d}"
 
 
-def encode_episode(episode: Episode, image_format: str = "png", jpeg_quality: int = 95) -> dict[str, bytes]:
-    """The WebDataset sample of one episode: npy step arrays, meta.json, one image per frame."""
+def encode_frame(frame: np.ndarray, image_format: str = "png", jpeg_quality: int = 95) -> bytes:
+    # PNG at compress level 1: lossless, and ~2.5x faster to write than the default level 6.
+    options = {"quality": jpeg_quality} if image_format == "jpeg" else {"compress_level": 1}
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format=_PIL_FORMAT[image_format], **options)
+    return buffer.getvalue()
+
+
+def encode_episode(episode: Episode, image_format: str = "png", jpeg_quality: int = 95,
+                   encoded_frames: list[bytes] | None = None) -> dict[str, bytes]:
+    """The WebDataset sample of one episode: npy step arrays, meta.json, one image per frame.
+
+    `encoded_frames` are the frames already encoded with `encode_frame` (e.g. in a thread while
+    the simulator rendered the next ones); otherwise they are encoded here.
+    """
     sample = {"meta.json": json.dumps(episode.meta, sort_keys=True).encode()}
     for name in STEP_ARRAYS:
         buffer = io.BytesIO()
         np.save(buffer, getattr(episode, name), allow_pickle=False)
         sample[f"{name}.npy"] = buffer.getvalue()
-    options = {"quality": jpeg_quality} if image_format == "jpeg" else {"compress_level": 1}
+    if encoded_frames is None:
+        encoded_frames = [encode_frame(frame, image_format, jpeg_quality) for frame in episode.frames]
     extension = _EXTENSION[image_format]
-    for t, frame in enumerate(episode.frames):
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, format=_PIL_FORMAT[image_format], **options)
-        sample[f"frame.{t:06d}.{extension}"] = buffer.getvalue()
+    for t, data in enumerate(encoded_frames):
+        sample[f"frame.{t:06d}.{extension}"] = data
     return sample
 
 

@@ -1,0 +1,110 @@
+"""Collection throughput vs the bare simulator, measured side by side in one process.
+
+ratio = steps/s of `pvr-pipe collect` (in-process, one worker: env + policy + frame encoding +
+shard writing + hashing + manifest) / steps/s of the bare env loop (the suite's own step and
+render calls, no pvr-pipe code), for the same env, frame size and number of steps. Repeats are
+interleaved and the medians compared. Also reports `--workers 2` against the same bare rate.
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from pipeline.config import CollectConfig  # noqa: E402
+from pipeline.envs import make_env  # noqa: E402
+from stages import collect  # noqa: E402
+
+
+def bare_dmc_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
+    """dm_control alone: action repeat 2, one render per agent step, as collection does."""
+    from dm_control import suite
+
+    domain, task = env_id.removeprefix("dmc/").split("-", 1)
+    env = suite.load(domain, task, task_kwargs={"random": 0})
+    spec = env.action_spec()
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for _ in range(episodes):
+        env.reset()
+        env.physics.render(frame_size, frame_size, camera_id=0)
+        for _ in range(steps):
+            action = rng.uniform(spec.minimum, spec.maximum)
+            for _ in range(2):
+                env.step(action)
+            env.physics.render(frame_size, frame_size, camera_id=0)
+    return episodes * steps / (time.perf_counter() - start)
+
+
+def bare_gym_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
+    env = make_env(env_id, frame_size=frame_size)
+    start = time.perf_counter()
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        for _ in range(steps):
+            env.step(env.action_space.sample())
+    return episodes * steps / (time.perf_counter() - start)
+
+
+def collect_rate(env_id: str, frame_size: int, episodes: int, steps: int, workers: int,
+                 image_format: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = CollectConfig(env=env_id, frame_size=frame_size, episodes=episodes, max_steps=steps,
+                            episodes_per_shard=max(1, episodes // workers), workers=workers,
+                            image_format=image_format, out=Path(tmp) / "ds")
+        start = time.perf_counter()
+        collect.run(cfg, show_progress=False)
+        return episodes * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=["dmc/cartpole-swingup"])
+    parser.add_argument("--cases", nargs="+", default=["64:png", "224:png", "224:jpeg"],
+                        help="FRAME_SIZE:IMAGE_FORMAT pairs")
+    parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=250, help="agent steps per episode")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    results = []
+    for env_id in args.envs:
+        bare = bare_dmc_rate if env_id.startswith("dmc/") else bare_gym_rate
+        for case in args.cases:
+            size_text, image_format = case.split(":")
+            size = int(size_text)
+            rates = {"bare": [], "collect": [], "collect_2_workers": []}
+            for _ in range(args.repeats):
+                rates["bare"].append(bare(env_id, size, args.episodes, args.steps))
+                rates["collect"].append(collect_rate(env_id, size, args.episodes, args.steps, 1,
+                                                     image_format))
+                rates["collect_2_workers"].append(collect_rate(env_id, size, args.episodes, args.steps,
+                                                               2, image_format))
+            median = {k: statistics.median(v) for k, v in rates.items()}
+            results.append({
+                "env": env_id, "frame_size": size, "image_format": image_format,
+                "steps_per_run": args.episodes * args.steps, "repeats": args.repeats,
+                "bare_steps_per_s": round(median["bare"], 1),
+                "collect_steps_per_s": round(median["collect"], 1),
+                "collect_2_workers_steps_per_s": round(median["collect_2_workers"], 1),
+                "ratio": round(median["collect"] / median["bare"], 3),
+                "ratio_2_workers": round(median["collect_2_workers"] / median["bare"], 3),
+                "target_ratio": 0.90,
+            })
+    print(json.dumps({"benchmark": "collect", "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+                      "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+import json
+
+import yaml
+
+from tests.conftest import assert_user_error, collect_toy, pvr_pipe, snapshot
+
+TOY = ["--env", "toy/pointmass-reach", "--max-steps", "5", "--quiet"]
+
+
+def test_help_lists_the_verbs():
+    result = pvr_pipe("--help")
+    assert result.returncode == 0
+    for verb in ("collect", "envs", "info"):
+        assert verb in result.stdout
+
+
+def test_envs_lists_ids_and_variants():
+    result = pvr_pipe("envs")
+    assert result.returncode == 0
+    assert "dmc/cartpole-swingup" in result.stdout and "texture" in result.stdout
+    assert "toy/pointmass-reach" in result.stdout
+
+
+def test_info_summarises_a_dataset(toy_dataset):
+    result = pvr_pipe("info", toy_dataset, "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["episodes"] == 5 and summary["steps"] == 100 and summary["env"] == "toy/pointmass-reach"
+    assert summary["frame"].startswith("64x64") and "mean" in summary["return"]
+    assert "all shard hashes match" in summary["verified"]
+    assert "episodes" in pvr_pipe("info", toy_dataset).stdout
+
+
+def test_config_file_section_and_flags_override(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"collect": {"env": "toy/pointmass-reach", "episodes": 3,
+                                                  "max_steps": 4, "variant": "lighting"}}))
+    result = pvr_pipe("collect", "--config", f"{params}:collect", "--episodes", "2", "--quiet",
+                      "--out", tmp_path / "ds")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["episodes"] == 2 and manifest["variant"] == "lighting" and manifest["steps"] == 8
+
+
+def test_unknown_env(tmp_path):
+    assert_user_error(pvr_pipe("collect", "--env", "dmc/nope", "--out", tmp_path / "x"),
+                      "unknown env 'dmc/nope'", "dmc/cartpole-swingup")
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_variant(tmp_path):
+    assert_user_error(pvr_pipe("collect", *TOY, "--variant", "sepia", "--out", tmp_path / "x"),
+                      "unknown variant 'sepia'", "agent_color")
+
+
+def test_unknown_config_key(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("env: toy/pointmass-reach\nepisdoes: 3\n")
+    assert_user_error(pvr_pipe("collect", "--config", config, "--out", tmp_path / "x"),
+                      "unknown config key 'episdoes'")
+    assert_user_error(pvr_pipe("collect", "--config", f"{config}:collect", "--out", tmp_path / "x"),
+                      "section 'collect' not found")
+    assert_user_error(pvr_pipe("collect", "--config", tmp_path / "missing.yaml"), "not found")
+
+
+def test_bad_values(tmp_path):
+    assert_user_error(pvr_pipe("collect", *TOY, "--episodes", "-3", "--out", tmp_path / "x"), "'episodes'")
+    assert_user_error(pvr_pipe("collect", *TOY, "--episodes", "many", "--out", tmp_path / "x"), "--episodes")
+    assert_user_error(pvr_pipe("collect", *TOY, "--jpeg-quality", "50", "--out", tmp_path / "x"), "jpeg_quality")
+    assert_user_error(pvr_pipe("collect", *TOY, "--policy", "nosuch.module:make", "--out", tmp_path / "x"),
+                      "policy 'nosuch.module:make'")
+    assert_user_error(pvr_pipe("collect", *TOY), "--out")
+    assert not (tmp_path / "x").exists()
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert_user_error(pvr_pipe("collect", *TOY, "--out", target), "is a file")
+    assert target.read_text() == "keep me"
+
+
+def test_output_directory_that_is_not_a_dataset(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    before = snapshot(tmp_path / "mine")
+    assert_user_error(pvr_pipe("collect", *TOY, "--out", tmp_path / "mine"), "not a pvr-pipe dataset")
+    assert snapshot(tmp_path / "mine") == before
+
+
+def test_existing_dataset_with_a_different_config_is_untouched(tmp_path):
+    collect_toy(tmp_path / "ds")
+    before = snapshot(tmp_path / "ds")
+    result = pvr_pipe("collect", "--env", "toy/pointmass-reach", "--episodes", "6", "--max-steps", "20",
+                      "--seed", "3", "--episodes-per-shard", "2", "--quiet", "--out", tmp_path / "ds")
+    assert_user_error(result, "different config", "episodes: 5 -> 6")
+    assert snapshot(tmp_path / "ds") == before
+
+
+def test_info_bad_paths(tmp_path):
+    assert_user_error(pvr_pipe("info", tmp_path / "nothing"), "does not exist")
+    assert_user_error(pvr_pipe("info", tmp_path), "not a trajectory dataset")
+
+
+def test_info_names_a_corrupt_shard(tmp_path):
+    collect_toy(tmp_path / "ds", episodes=2)
+    shard = tmp_path / "ds" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:-1024] + b"\0" * 1024 + b"x")
+    assert_user_error(pvr_pipe("info", tmp_path / "ds", "--verify"), "shard-000000.tar", "corrupt")
