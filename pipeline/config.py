@@ -1,14 +1,15 @@
 """Validated configs for each stage, and how they are assembled.
 
-Precedence: the schema's defaults, then a YAML file or a section of one (`--config
-params.yaml:collect`, the DVC way), then command-line flags. An unknown key or a bad value is
-a `UserError` that names the key.
+Precedence: the schema's defaults, then YAML files or sections of them in the order given
+(`--config configs/envs/dmc_pvr.yaml --config params.yaml:collect`: later ones win, so named
+blocks compose), then command-line flags. An unknown key or a bad value is a `UserError` that
+names the key and where it came from.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,18 +49,22 @@ class CollectConfig(StrictConfig):
 Config = TypeVar("Config", bound=StrictConfig)
 
 
-def load_config(schema: type[Config], config_ref: str | None, overrides: dict[str, Any]) -> Config:
-    """Defaults < `config_ref` (`file.yaml` or `file.yaml:section.sub`) < `overrides`."""
+def load_config(schema: type[Config], config_refs: Sequence[str], overrides: dict[str, Any]) -> Config:
+    """Defaults < each of `config_refs` (`file.yaml` or `file.yaml:section.sub`) < `overrides`."""
     values: dict[str, Any] = {}
-    where = "command line"
-    if config_ref:
-        values = read_config_section(config_ref)
-        where = config_ref
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    origin: dict[str, str] = {}
+    for ref in config_refs:
+        section = read_config_section(ref)
+        values.update(section)
+        origin.update(dict.fromkeys(section, ref))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    origin.update(dict.fromkeys(given, "command line"))
     try:
         return schema(**values)
     except ValidationError as error:
-        raise UserError(describe_validation_error(error, where, schema)) from None
+        first_key = str(error.errors()[0]["loc"][0])
+        raise UserError(describe_validation_error(error, origin.get(first_key, "defaults"), schema)) from None
 
 
 def read_config_section(config_ref: str) -> dict[str, Any]:

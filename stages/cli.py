@@ -18,7 +18,8 @@ from rich.table import Table
 from pipeline.config import CollectConfig, load_config
 from pipeline.errors import UserError
 
-CONFIG_HELP = "YAML file, or FILE:SECTION (e.g. params.yaml:collect), giving options; flags win."
+CONFIG_HELP = ("YAML file, or FILE:SECTION (e.g. params.yaml:collect), giving options; repeat to "
+               "compose (later ones win); flags win over all.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +29,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--config", "config_ref", metavar="FILE[:SECTION]", help=CONFIG_HELP)
+@click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
 @click.option("--env", help="Env id, e.g. dmc/cartpole-swingup (see `pvr-pipe envs`).")
 @click.option("--variant", help="Visual variant: train or an OOD variant of the env.")
 @click.option("--variant-seed", type=int, help="Seed that fixes the variant's look.")
@@ -47,11 +48,11 @@ def cli() -> None:
 @click.option("--policy", help="Behaviour policy: random, or package.module:factory.")
 @click.option("--workers", type=int, help="Env processes in parallel.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def collect(config_ref: str | None, quiet: bool, **options) -> None:
+def collect(config_refs: tuple[str, ...], quiet: bool, **options) -> None:
     """Roll out a policy and store episodes as WebDataset shards."""
     from stages import collect as collect_stage
 
-    cfg = load_config(CollectConfig, config_ref, options)
+    cfg = load_config(CollectConfig, config_refs, options)
     manifest = collect_stage.run(cfg, show_progress=not quiet)
     click.echo(f"{cfg.out}: {manifest.episodes} episodes, {manifest.steps} steps, "
                f"{len(manifest.shards)} shards")

@@ -107,3 +107,26 @@ def test_info_names_a_corrupt_shard(tmp_path):
     shard = tmp_path / "ds" / "shard-000000.tar"
     shard.write_bytes(shard.read_bytes()[:-1024] + b"\0" * 1024 + b"x")
     assert_user_error(pvr_pipe("info", tmp_path / "ds", "--verify"), "shard-000000.tar", "corrupt")
+
+
+def test_configs_compose_in_order_and_name_the_origin_of_a_bad_value(tmp_path):
+    base, study = tmp_path / "base.yaml", tmp_path / "study.yaml"
+    base.write_text("env: toy/pointmass-reach\nframe_size: 32\nepisodes: 1\nmax_steps: 3\n")
+    study.write_text("frame_size: 48\n")
+    result = pvr_pipe("collect", "--config", base, "--config", study, "--quiet", "--out", tmp_path / "ds")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["frame_size"] == 48
+    study.write_text("frame_size: 4\n")
+    assert_user_error(pvr_pipe("collect", "--config", base, "--config", study, "--out", tmp_path / "x"),
+                      "'frame_size'", str(study))
+
+
+def test_shipped_env_configs_are_valid():
+    from pathlib import Path
+
+    from pipeline.config import CollectConfig, load_config
+
+    configs = sorted((Path(__file__).parent.parent / "configs" / "envs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(CollectConfig, [str(path)], {})
