@@ -93,3 +93,22 @@ def describe_validation_error(error: ValidationError, where: str, schema: type[B
         return (f"unknown config key '{key}' (from {where}); valid keys: "
                 f"{', '.join(schema.model_fields)}")
     return f"invalid value for '{key}' (from {where}): {first['msg']} (got {first.get('input')!r})"
+
+
+class EncodeConfig(StrictConfig):
+    """`pvr-pipe encode`: embed every frame of a trajectory dataset with one frozen PVR."""
+
+    model: str = "dinov2"
+    dataset: str | None = Field(None, description="trajectory dataset: path or fsspec URL")
+    out: str | None = Field(None, description="default: data/embeddings/<dataset>/<model>.zarr")
+    weights: Path | None = Field(None, description="checkpoint file; default: weights dir / hub cache")
+    download: bool = Field(False, description="allow fetching timm weights from the Hugging Face hub")
+    device: str = "cpu"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = Field(64, gt=0)
+    compile: bool = False
+    chunk_frames: int | None = Field(None, gt=0, description="default: frames per trajectory shard")
+    workers: int | None = Field(None, gt=0, description="local Dask cluster with this many processes")
+    scheduler: str | None = Field(None, description="address of an existing Dask scheduler")
+    threads: int | None = Field(None, gt=0, description="torch threads per process")

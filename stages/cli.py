@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import CollectConfig, load_config
+from pipeline.config import CollectConfig, EncodeConfig, load_config
 from pipeline.errors import UserError
 
 CONFIG_HELP = ("YAML file, or FILE:SECTION (e.g. params.yaml:collect), giving options; repeat to "
@@ -59,6 +59,50 @@ def collect(config_refs: tuple[str, ...], quiet: bool, **options) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
+@click.option("--model", help="PVR name (see `pvr-pipe models`).")
+@click.option("--dataset", help="Trajectory dataset directory (or fsspec URL).")
+@click.option("--out", help="Zarr store to write; default data/embeddings/<dataset>/<model>.zarr.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint file for the model.")
+@click.option("--download/--no-download", default=None, help="Allow fetching timm weights from the hub.")
+@click.option("--device", help="cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), help="bf16 autocast or fp32.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), help="Stored embedding dtype.")
+@click.option("--batch-size", type=int, help="Frames per forward pass.")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the model.")
+@click.option("--chunk-frames", type=int, help="Frames per Zarr chunk (and work unit).")
+@click.option("--workers", type=int, help="Start a local Dask cluster with N worker processes.")
+@click.option("--scheduler", help="Use an existing Dask scheduler, e.g. tcp://host:8786.")
+@click.option("--threads", type=int, help="torch threads per process.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def encode(config_refs: tuple[str, ...], quiet: bool, **options) -> None:
+    """Embed every frame of a trajectory dataset with a frozen PVR into a Zarr store."""
+    from stages import encode as encode_stage
+
+    cfg = load_config(EncodeConfig, config_refs, options)
+    click.echo(encode_stage.run(cfg, show_progress=not quiet))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models(as_json: bool) -> None:
+    """List the PVRs with the properties the paper analyses."""
+    from pipeline.encoders import encoder_names, get_spec
+
+    specs = [get_spec(name) for name in encoder_names()]
+    if as_json:
+        click.echo(json.dumps({s.name: {**s.properties(), "weights": s.weights} for s in specs}, indent=2))
+        return
+    table = Table("model", "arch", "timm architecture", "dim", "weights", "training data (diversity)",
+                  "objective", "video", "language", box=None)
+    for s in specs:
+        table.add_row(s.name, s.arch_type, s.architecture or "-", str(s.embed_dim), s.weights,
+                      f"{s.training_data} ({s.data_diversity})", s.objective, "yes" if s.video else "no",
+                      "yes" if s.language else "no")
+    Console(width=250).print(table)
+
+
+@cli.command()
 def envs() -> None:
     """List env ids and their visual variants."""
     from pipeline.envs import env_ids, get_entry
@@ -78,16 +122,20 @@ def envs() -> None:
 @click.option("--verify", is_flag=True, help="Also check every shard's sha256.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(path: Path, verify: bool, as_json: bool) -> None:
-    """Summarise a trajectory dataset: episodes, steps, frames, returns, provenance."""
+    """Summarise a trajectory dataset or an embedding store: contents and provenance."""
+    from pipeline.storage.embedding_store import describe_store
     from pipeline.storage.manifest import read_manifest
     from pipeline.storage.trajectory_reader import summarize, verify_dataset
 
     if not path.exists():
         raise UserError(f"'{path}' does not exist")
-    manifest = read_manifest(path)
-    if verify:
-        verify_dataset(path, manifest)
-    summary = summarize(manifest) | ({"verified": "all shard hashes match"} if verify else {})
+    if (path / "zarr.json").is_file():
+        summary = describe_store(str(path))
+    else:
+        manifest = read_manifest(path)
+        if verify:
+            verify_dataset(path, manifest)
+        summary = summarize(manifest) | ({"verified": "all shard hashes match"} if verify else {})
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

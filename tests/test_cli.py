@@ -10,7 +10,7 @@ TOY = ["--env", "toy/pointmass-reach", "--max-steps", "5", "--quiet"]
 def test_help_lists_the_verbs():
     result = pvr_pipe("--help")
     assert result.returncode == 0
-    for verb in ("collect", "envs", "info"):
+    for verb in ("collect", "encode", "models", "envs", "info"):
         assert verb in result.stdout
 
 

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
+import fsspec
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import UserError
@@ -62,13 +63,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(root: Path) -> TrajectoryManifest:
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
+def read_manifest_bytes(root: Path | str) -> bytes:
+    """The raw manifest of the dataset at `root` (a path or any fsspec URL)."""
+    fs, path = fsspec.core.url_to_fs(str(root))
+    if not fs.isfile(f"{path}/{MANIFEST_NAME}"):
         raise UserError(f"'{root}' is not a trajectory dataset (no {MANIFEST_NAME}); make one with "
                         "`pvr-pipe collect`, or rerun an interrupted collection to finish it")
+    return fs.cat_file(f"{path}/{MANIFEST_NAME}")
+
+
+def read_manifest(root: Path | str) -> TrajectoryManifest:
+    path = f"{root}/{MANIFEST_NAME}"
     try:
-        return TrajectoryManifest.model_validate_json(path.read_text())
+        return TrajectoryManifest.model_validate_json(read_manifest_bytes(root))
     except ValidationError as error:
         raise UserError(f"'{path}' is not a valid trajectory manifest "
                         f"({error.errors()[0]['loc']}: {error.errors()[0]['msg']})") from None

@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import fsspec
 import numpy as np
 import webdataset as wds
 from PIL import Image
@@ -75,3 +76,28 @@ def summarize(manifest: TrajectoryManifest) -> dict[str, Any]:
         "seed": manifest.seed,
         "code_version": manifest.code_version,
     }
+
+
+def iter_raw_samples(shard_url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, field -> bytes) per sample of one shard, streamed from a path or fsspec URL."""
+    key, sample = None, {}
+    try:
+        with fsspec.open(shard_url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_key, field = member.name.split(".", 1)
+                if member_key != key and sample:
+                    yield key, sample
+                    sample = {}
+                key = member_key
+                sample[field] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, ValueError) as error:
+        raise UserError(f"shard '{shard_url}' is corrupt or unreadable ({type(error).__name__}: {error}); "
+                        "re-collect the dataset or pull it again") from None
+    if sample:
+        yield key, sample
+
+
+def decode_frame(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

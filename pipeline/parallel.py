@@ -1,0 +1,69 @@
+"""Running work units in parallel: a prefetching loader thread, and Dask clusters.
+
+No flag: units run in-process. `workers=N`: a local Dask cluster of N processes. `scheduler=
+ADDRESS`: an existing Dask cluster (dask-jobqueue, Kubernetes, `dask scheduler` by hand).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from typing import Iterable, Iterator, TypeVar
+
+from pipeline.errors import UserError
+
+Item = TypeVar("Item")
+_DONE = object()
+
+
+def prefetch(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
+    """Produce `items` in a background thread, up to `depth` ahead of the consumer.
+
+    Decoding (PIL) and tensor ops release the GIL, so loading overlaps with the model's forward.
+    An exception in the producer is raised in the consumer.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            buffer.put(error)
+            return
+        buffer.put(_DONE)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            buffer.get_nowait()
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None, scheduler: str | None, threads_per_worker: int = 1):
+    """A Dask client for a local cluster of `workers` processes or an existing `scheduler`."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as error:
+            raise UserError(f"cannot reach Dask scheduler '{scheduler}' ({error}); "
+                            "check the address (tcp://host:8786) and that the scheduler runs") from None
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client

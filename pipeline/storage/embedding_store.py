@@ -1,0 +1,105 @@
+"""The embedding store: one Zarr v3 group per dataset x encoder, readable with plain zarr/dask.
+
+Arrays, all with the frame (step) axis first and the same chunking along it:
+  embedding (N, D) float16/float32   -- or `pixels` (N, 3, 64, 64) uint8 for the pixel baseline
+  action, reward, is_first, is_last, is_terminal, state   -- copied from the trajectory dataset
+  episode_start (E,) int64           -- index of each episode's first frame
+Attributes record the encoder, its weights, preprocessing, precision and the source dataset.
+
+A store is built under `<out>.partial` with one marker per finished unit in `.progress/`, and
+renamed to `<out>` when every unit is done, so a crash never leaves a store that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fsspec
+import numpy as np
+import zarr
+
+from pipeline.errors import UserError
+
+FORMAT = "pvr-pipe/embeddings"
+PROGRESS_DIR = ".progress"
+
+
+def partial_url(url: str) -> str:
+    return url.rstrip("/") + ".partial"
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url)
+
+
+def step_array_layout(action_dim: int, state_dim: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-frame shape and dtype of each step array copied from the trajectory dataset."""
+    return {"action": ((action_dim,), "float32"), "reward": ((), "float32"), "is_first": ((), "bool"),
+            "is_last": ((), "bool"), "is_terminal": ((), "bool"), "state": ((state_dim,), "float32")}
+
+
+def create_store(url: str, *, frames: int, feature: str, feature_shape: tuple[int, ...], feature_dtype: str,
+                 step_layout: dict[str, tuple[tuple[int, ...], str]], episode_start: np.ndarray,
+                 chunk_frames: int, attrs: dict[str, Any]) -> zarr.Group:
+    """A new store with every per-frame array allocated; units fill chunk-aligned regions."""
+    group = zarr.open_group(url, mode="w", zarr_format=3)
+    for name, (shape, dtype) in {feature: (feature_shape, feature_dtype), **step_layout}.items():
+        group.create_array(name, shape=(frames, *shape), dtype=dtype, chunks=(chunk_frames, *shape),
+                           fill_value=0)
+    group.create_array("episode_start", data=episode_start.astype(np.int64))
+    group.attrs.update({"format": FORMAT, "format_version": 1, "feature": feature, **attrs})
+    return group
+
+
+def open_store(url: str, mode: str = "r") -> zarr.Group:
+    fs, path = filesystem(url)
+    if not fs.exists(f"{path}/zarr.json"):
+        raise UserError(f"'{url}' is not an embedding store (no zarr.json); make one with `pvr-pipe encode`")
+    group = zarr.open_group(url, mode=mode, zarr_format=3)
+    if group.attrs.get("format") != FORMAT:
+        raise UserError(f"'{url}' is a Zarr group but not a pvr-pipe embedding store")
+    return group
+
+
+def mark_unit_done(url: str, unit: int, record: dict[str, Any]) -> None:
+    fs, path = filesystem(url)
+    fs.makedirs(f"{path}/{PROGRESS_DIR}", exist_ok=True)
+    fs.pipe_file(f"{path}/{PROGRESS_DIR}/unit-{unit:06d}.json", json.dumps(record).encode())
+
+
+def units_done(url: str) -> set[int]:
+    fs, path = filesystem(url)
+    if not fs.exists(f"{path}/{PROGRESS_DIR}"):
+        return set()
+    return {int(name.rsplit("unit-", 1)[1].split(".")[0]) for name in fs.ls(f"{path}/{PROGRESS_DIR}", detail=False)}
+
+
+def finish_store(url: str) -> None:
+    """Drop the progress markers and rename `<url>.partial` to `<url>`."""
+    fs, path = filesystem(partial_url(url))
+    fs.rm(f"{path}/{PROGRESS_DIR}", recursive=True)
+    _, final = filesystem(url)
+    fs.mv(path, final, recursive=True)
+
+
+def describe_store(url: str) -> dict[str, Any]:
+    """What `pvr-pipe info` shows for an embedding store."""
+    group = open_store(url)
+    attrs = dict(group.attrs)
+    feature = group[attrs["feature"]]
+    return {
+        "kind": "embeddings",
+        "encoder": attrs["encoder"],
+        "architecture": f"{attrs['properties']['architecture']} ({attrs['timm_architecture'] or 'no model'})",
+        "weights": f"{attrs['weights_sha256']} ({attrs['weights_source']})",
+        attrs["feature"]: f"{feature.shape} {feature.dtype}, chunks {feature.chunks}",
+        "episodes": int(group["episode_start"].shape[0]),
+        "frames": int(feature.shape[0]),
+        "preprocessing": (f"{attrs['resolution']} px {attrs['interpolation']}, mean {attrs['normalization']['mean']}, "
+                          f"std {attrs['normalization']['std']}, pooling {attrs['pooling']}"),
+        "precision": attrs["compute_precision"],
+        "source": f"{attrs['source_dataset']} (manifest sha256 {attrs['source_manifest_sha256'][:12]})",
+        "env": f"{attrs['env']} [{attrs['variant']}]",
+        "code_version": attrs["code_version"],
+    }
