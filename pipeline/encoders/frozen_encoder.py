@@ -83,6 +83,8 @@ class FrozenEncoder:
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> the model's input: (N, 3, R, R), resized and normalised."""
+        if isinstance(frames, np.ndarray) and not frames.flags.writeable:
+            frames = frames.copy()  # torch wants writable memory; the float conversion copies anyway
         x = torch.as_tensor(frames).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         size = self.spec.resolution
         if x.shape[-1] != size or x.shape[-2] != size:
