@@ -101,30 +101,44 @@ def read_unit(dataset: str, spans: list[EpisodeSpan], unit: Unit,
                             "manifest; re-collect the dataset or pull it again")
 
 
-def encode_unit(cfg: EncodeConfig, encoder: FrozenEncoder, dataset: str, spans: list[EpisodeSpan],
-                store_url: str, unit: Unit, on_batch=None) -> dict:
-    """Encode one unit and write its region of every array; returns its completion record."""
-    steps: dict[str, list[np.ndarray]] = defaultdict(list)
-    frames = read_unit(dataset, spans, unit, steps)
+def encode_units(cfg: EncodeConfig, encoder: FrozenEncoder, dataset: str, spans: list[EpisodeSpan],
+                 store_url: str, units: list[Unit], on_batch=None) -> list[dict]:
+    """Encode `units` in order, each written to its region of every array and marked done.
 
-    def batches() -> Iterator[torch.Tensor]:
-        while batch := list(islice(frames, cfg.batch_size)):
-            yield encoder.preprocess(np.stack(batch))
+    One loader thread reads, decodes and preprocesses ahead across unit boundaries, so the
+    model never waits for the first batch of the next unit.
+    """
+    def batches():
+        for unit in units:
+            steps: dict[str, list[np.ndarray]] = defaultdict(list)
+            frames = read_unit(dataset, spans, unit, steps)
+            while batch := list(islice(frames, cfg.batch_size)):
+                yield unit, encoder.preprocess(np.stack(batch)), None
+            yield unit, None, steps  # the unit's frames are all read
 
-    outputs = []
-    for x in prefetch(batches()):
-        outputs.append(encoder.forward(x).cpu().numpy())
-        if on_batch:
-            on_batch(len(x))
+    records, outputs = [], []
+    for unit, x, steps in prefetch(batches()):
+        if x is not None:
+            outputs.append(encoder.forward(x).cpu().numpy())
+            if on_batch:
+                on_batch(len(x))
+            continue
+        records.append(write_unit(store_url, dataset, unit, np.concatenate(outputs), steps))
+        outputs = []
+    return records
+
+
+def write_unit(store_url: str, dataset: str, unit: Unit, values: np.ndarray,
+               steps: dict[str, list[np.ndarray]]) -> dict:
     group = embedding_store.open_store(store_url, mode="r+")
     feature = group.attrs["feature"]
-    values = np.concatenate(outputs)
     if len(values) != unit.stop - unit.start:
         raise UserError(f"dataset '{dataset}' gave {len(values)} frames for frames "
                         f"{unit.start}-{unit.stop}; it does not match its manifest")
     group[feature][unit.start:unit.stop] = values.astype(group[feature].dtype)
     for name in STEP_ARRAYS:
-        group[name][unit.start:unit.stop] = np.concatenate(steps[name]).reshape(group[name][unit.start:unit.stop].shape)
+        region = group[name]
+        region[unit.start:unit.stop] = np.concatenate(steps[name]).reshape((len(values), *region.shape[1:]))
     record = {"unit": unit.index, "start": unit.start, "stop": unit.stop}
     embedding_store.mark_unit_done(store_url, unit.index, record)
     return record
@@ -146,7 +160,7 @@ def encode_unit_task(cfg: EncodeConfig, dataset: str, spans: list[EpisodeSpan], 
                      unit: Unit, threads: int) -> dict:
     """What a Dask worker runs for one unit."""
     torch.set_num_threads(threads)
-    return encode_unit(cfg, _encoder_for(cfg), dataset, spans, store_url, unit)
+    return encode_units(cfg, _encoder_for(cfg), dataset, spans, store_url, [unit])[0]
 
 
 def default_out(cfg: EncodeConfig) -> str:
@@ -196,8 +210,7 @@ def run(cfg: EncodeConfig, show_progress: bool = True) -> str:
     with Progress(*columns, disable=not show_progress) as progress:
         bar = progress.add_task("encode", total=total, completed=total - sum(u.stop - u.start for u in todo))
         if cfg.workers is None and cfg.scheduler is None:
-            for unit in todo:
-                encode_unit(cfg, encoder, dataset, spans, partial, unit, lambda n: progress.advance(bar, n))
+            encode_units(cfg, encoder, dataset, spans, partial, todo, lambda n: progress.advance(bar, n))
         else:
             _encode_on_dask(cfg, dataset, spans, partial, todo, lambda n: progress.advance(bar, n))
     embedding_store.finish_store(out)

@@ -1,0 +1,131 @@
+"""Encode throughput: the whole `pvr-pipe encode` vs the bare model forward, side by side.
+
+ratio = frames/s of `stages.encode.run` (read shards, decode PNG, resize + normalise, forward,
+write Zarr) / frames/s of the model's forward alone on preprocessed in-memory tensors, same
+model, batch size, precision, threads and device. The model is loaded once before timing (its
+load time is reported separately). Weights: random tensors of the real architecture, written
+to a temporary weights directory and loaded through the registry's real loading path (no
+pretrained weights can be downloaded here; throughput does not depend on their values).
+Also: 2 Dask workers x 1 thread vs 1 process x 2 threads (an existing, warmed-up local
+cluster passed as `scheduler`). Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from pipeline.config import CollectConfig, EncodeConfig
+from pipeline.encoders import FrozenEncoder, get_spec
+from stages import collect, encode
+
+
+def write_random_weights(model_name: str, weights_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    spec = get_spec(model_name)
+    model = timm.create_model(spec.architecture, pretrained=False, **spec.model_kwargs)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if spec.weights == "timm":
+        save_file(state, str(weights_dir / f"{spec.name}.safetensors"))
+    else:  # R3M layout, mapped back by the registry's key mapping
+        torch.save({"r3m": {f"module.convnet.{k}": v for k, v in state.items()}}, weights_dir / spec.weights_filename)
+
+
+def bare_forward_rate(encoder: FrozenEncoder, frames: torch.Tensor, batch_size: int) -> float:
+    batches = [encoder.preprocess(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+    encoder.forward(batches[0])  # warm-up
+    start = time.perf_counter()
+    for x in batches:
+        encoder.forward(x)
+    return len(frames) / (time.perf_counter() - start)
+
+
+def encode_rate(cfg: EncodeConfig, frames: int) -> float:
+    start = time.perf_counter()
+    encode.run(cfg, show_progress=False)
+    return frames / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["r3m-rn18", "dinov2"])
+    parser.add_argument("--env", default="dmc/cartpole-swingup")
+    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=47, help="agent steps per episode")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-dask", action="store_true")
+    args = parser.parse_args()
+    threads = torch.get_num_threads()
+
+    tmp = Path(tempfile.mkdtemp(prefix="pvr-pipe-bench-"))
+    os.environ["PVR_PIPE_WEIGHTS"] = str(tmp / "weights")
+    (tmp / "weights").mkdir()
+    dataset = tmp / "trajectories"
+    collect.run(CollectConfig(env=args.env, episodes=args.episodes, max_steps=args.steps, episodes_per_shard=1,
+                              out=dataset), show_progress=False)
+    from pipeline.storage.trajectory_reader import iter_episodes
+
+    frames = torch.from_numpy(np.concatenate([e.frames for e in iter_episodes(dataset)]))
+    results = []
+    for name in args.models:
+        write_random_weights(name, tmp / "weights")
+        options = dict(model=name, dataset=str(dataset), batch_size=args.batch_size, precision=args.precision,
+                       device=args.device, threads=threads)
+        load_start = time.perf_counter()
+        encoder = encode._encoder_for(EncodeConfig(**options))
+        load_s = time.perf_counter() - load_start
+        rates = {"bare": [], "encode": []}
+        for repeat in range(args.repeats):
+            rates["bare"].append(bare_forward_rate(encoder, frames, args.batch_size))
+            rates["encode"].append(encode_rate(EncodeConfig(**options, out=str(tmp / f"{name}-{repeat}.zarr")),
+                                               len(frames)))
+        median = {k: statistics.median(v) for k, v in rates.items()}
+        result = {"model": name, "architecture": get_spec(name).architecture, "frames": len(frames),
+                  "frame_size": int(frames.shape[1]), "resolution": get_spec(name).resolution,
+                  "batch_size": args.batch_size, "precision": "bf16-autocast" if encoder.bf16 else "fp32",
+                  "device": args.device, "threads": threads, "repeats": args.repeats,
+                  "model_load_s": round(load_s, 2), "bare_forward_frames_per_s": round(median["bare"], 1),
+                  "encode_frames_per_s": round(median["encode"], 1),
+                  "ratio": round(median["encode"] / median["bare"], 3), "target_ratio": 0.90}
+        if not args.no_dask:
+            result.update(dask_comparison(options, tmp, name, len(frames), args.repeats))
+        results.append(result)
+    print(json.dumps({"benchmark": "encode", "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+                      "torch": torch.__version__, "results": results}, indent=2))
+
+
+def dask_comparison(options: dict, tmp: Path, name: str, frames: int, repeats: int) -> dict:
+    """2 worker processes x 1 thread (warm cluster) vs 1 process x 2 threads, same units.
+
+    The in-process runs go first, with no cluster alive: idle Dask processes still take CPU.
+    """
+    from pipeline.parallel import dask_client
+
+    process_rates = [encode_rate(EncodeConfig(**dict(options, threads=2), out=str(tmp / f"{name}-p-{repeat}.zarr")),
+                                 frames) for repeat in range(repeats)]
+    with dask_client(workers=2, scheduler=None) as client:
+        on_dask = dict(options, threads=1, scheduler=client.scheduler.address)
+        encode.run(EncodeConfig(**on_dask, out=str(tmp / f"{name}-dask-warmup.zarr")), show_progress=False)
+        dask_rates = [encode_rate(EncodeConfig(**on_dask, out=str(tmp / f"{name}-dask-{repeat}.zarr")), frames)
+                      for repeat in range(repeats)]
+    dask_rate, process_rate = statistics.median(dask_rates), statistics.median(process_rates)
+    return {"dask_2x1_frames_per_s": round(dask_rate, 1), "process_1x2_frames_per_s": round(process_rate, 1),
+            "dask_ratio": round(dask_rate / process_rate, 3), "target_dask_ratio": 0.90}
+
+
+if __name__ == "__main__":
+    main()
