@@ -174,3 +174,13 @@ def test_bad_inputs(dataset, tmp_path, monkeypatch):
     assert (tmp_path / "afile").read_text() == "keep"
     assert_user_error(pvr_pipe("encode", "--model", "pixels", "--dataset", dataset, "--batch-size", "0"),
                       "'batch_size'")
+
+
+def test_fsspec_urls_for_dataset_and_store(dataset, tmp_path):
+    import zarr
+
+    out = run_encode(f"file://{dataset}", f"file://{tmp_path}/url.zarr", model="pixels")
+    assert out == f"file://{tmp_path}/url.zarr"
+    group = zarr.open_group(str(tmp_path / "url.zarr"), mode="r")
+    assert group["pixels"].shape == (96, 3, 64, 64)
+    assert not (tmp_path / "url.zarr.partial").exists()

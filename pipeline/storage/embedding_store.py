@@ -39,11 +39,17 @@ def step_array_layout(action_dim: int, state_dim: int) -> dict[str, tuple[tuple[
             "is_last": ((), "bool"), "is_terminal": ((), "bool"), "state": ((state_dim,), "float32")}
 
 
+def zarr_location(url: str) -> str:
+    """What to hand zarr: a plain path for local files (file:// included), else the fsspec URL."""
+    fs, path = filesystem(url)
+    return path if "file" in fs.protocol else url
+
+
 def create_store(url: str, *, frames: int, feature: str, feature_shape: tuple[int, ...], feature_dtype: str,
                  step_layout: dict[str, tuple[tuple[int, ...], str]], episode_start: np.ndarray,
                  chunk_frames: int, attrs: dict[str, Any]) -> zarr.Group:
     """A new store with every per-frame array allocated; units fill chunk-aligned regions."""
-    group = zarr.open_group(url, mode="w", zarr_format=3)
+    group = zarr.open_group(zarr_location(url), mode="w", zarr_format=3)
     for name, (shape, dtype) in {feature: (feature_shape, feature_dtype), **step_layout}.items():
         group.create_array(name, shape=(frames, *shape), dtype=dtype, chunks=(chunk_frames, *shape),
                            fill_value=0)
@@ -56,7 +62,7 @@ def open_store(url: str, mode: str = "r") -> zarr.Group:
     fs, path = filesystem(url)
     if not fs.exists(f"{path}/zarr.json"):
         raise UserError(f"'{url}' is not an embedding store (no zarr.json); make one with `pvr-pipe encode`")
-    group = zarr.open_group(url, mode=mode, zarr_format=3)
+    group = zarr.open_group(zarr_location(url), mode=mode, zarr_format=3)
     if group.attrs.get("format") != FORMAT:
         raise UserError(f"'{url}' is a Zarr group but not a pvr-pipe embedding store")
     return group
