@@ -178,16 +178,18 @@ def run(cfg: EncodeConfig, show_progress: bool = True) -> str:
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     out = cfg.out or default_out(cfg)
     chunk_frames = cfg.chunk_frames or default_chunk_frames(manifest)
-    identity = {"encoder": spec.name, "source_manifest_sha256": manifest_sha, "dtype": cfg.dtype,
-                "batch_size": cfg.batch_size, "chunk_frames": chunk_frames}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    encoder = _encoder_for(cfg)
+    # What the stored bytes depend on; another identity at `out` is never overwritten.
+    identity = {"encoder": spec.name, "weights_sha256": encoder.weights_sha256,
+                "compute_precision": encoder.provenance()["compute_precision"],
+                "source_manifest_sha256": manifest_sha, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+                "chunk_frames": chunk_frames}
     partial = embedding_store.partial_url(out)
     if _check_existing(out, identity, final=True):
         return out
     resume = _check_existing(partial, identity, final=False)
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    encoder = _encoder_for(cfg)
     total = manifest.frames
     if not resume:
         is_pixels = encoder.model is None
@@ -223,8 +225,8 @@ def _encode_on_dask(cfg: EncodeConfig, dataset: str, spans: list[EpisodeSpan], s
 
     threads = cfg.threads or 1
     with dask_client(cfg.workers, cfg.scheduler, threads_per_worker=1) as client:
-        futures = [client.submit(encode_unit_task, cfg, dataset, spans, store_url, unit, threads,
-                                 key=f"encode-unit-{unit.index}", pure=False) for unit in todo]
+        futures = [client.submit(encode_unit_task, cfg, dataset, spans, store_url, unit, threads, pure=False)
+                   for unit in todo]
         for future in as_completed(futures):
             record = future.result()
             advance(record["stop"] - record["start"])

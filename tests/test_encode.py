@@ -184,3 +184,17 @@ def test_fsspec_urls_for_dataset_and_store(dataset, tmp_path):
     group = zarr.open_group(str(tmp_path / "url.zarr"), mode="r")
     assert group["pixels"].shape == (96, 3, 64, 64)
     assert not (tmp_path / "url.zarr.partial").exists()
+
+
+def test_same_model_with_other_weights_does_not_reuse_a_store(dataset, tmp_path):
+    from pipeline.errors import UserError
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = timm.create_model("resnet18", pretrained=False, num_classes=0)
+        torch.save({"r3m": {f"module.convnet.{k}": v for k, v in model.state_dict().items()}}, tmp_path / f"w{seed}.pt")
+    out = run_encode(dataset, tmp_path / "r3m.zarr", model="r3m-rn18", weights=tmp_path / "w0.pt")
+    before = snapshot(tmp_path / "r3m.zarr")
+    with pytest.raises(UserError, match="weights_sha256"):
+        run_encode(dataset, out, model="r3m-rn18", weights=tmp_path / "w1.pt")
+    assert snapshot(tmp_path / "r3m.zarr") == before
