@@ -1,4 +1,4 @@
-"""Read a trajectory dataset: its episodes (through `webdataset`), integrity and a summary."""
+"""Read a trajectory dataset: its samples (streamed from a path or fsspec URL), episodes, integrity, summary."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any, Iterator
 
 import fsspec
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
 from pipeline.errors import UserError
@@ -30,15 +29,8 @@ def iter_episodes(root: Path, manifest: TrajectoryManifest | None = None) -> Ite
     """Every episode of the dataset at `root`, in shard order."""
     manifest = manifest or read_manifest(root)
     for shard in manifest.shards:
-        path = Path(root) / shard.name
-        if not path.is_file():
-            raise UserError(f"shard '{path}' is missing; pull or re-collect the dataset")
-        try:
-            for sample in wds.WebDataset(str(path), shardshuffle=False):
-                yield decode_episode(sample)
-        except (tarfile.TarError, OSError, ValueError, KeyError) as error:
-            raise UserError(f"shard '{path}' is corrupt ({type(error).__name__}: {error}); "
-                            "re-collect the dataset or pull it again") from None
+        for _, sample in iter_raw_samples(f"{root}/{shard.name}"):
+            yield decode_episode(sample)
 
 
 def verify_dataset(root: Path, manifest: TrajectoryManifest | None = None) -> None:
