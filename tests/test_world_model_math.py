@@ -1,0 +1,65 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from world_models.math import (dreamer_bins, simnorm, soft_cross_entropy, symexp, symlog, tdmpc_bins, two_hot,
+                               two_hot_decode)
+
+
+def test_symlog_and_symexp_are_inverse_and_match_the_definition():
+    x = torch.tensor([-1e4, -3.5, -1.0, 0.0, 0.25, 7.0, 1e4], dtype=torch.float64)
+    torch.testing.assert_close(symexp(symlog(x)), x)
+    torch.testing.assert_close(symlog(x), torch.sign(x) * torch.log(torch.abs(x) + 1))
+
+
+def test_dreamer_bins_are_symexp_of_an_even_grid():
+    bins = dreamer_bins()
+    assert bins.shape == (255,) and abs(bins[127]) < 1e-5
+    torch.testing.assert_close(symlog(bins), torch.linspace(-20, 20, 255), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bins,to_bins,from_bins", [
+    (dreamer_bins().double(), lambda x: x, lambda y: y),
+    (tdmpc_bins().double(), symlog, symexp),
+])
+def test_two_hot_round_trips_and_puts_mass_on_two_neighbours(bins, to_bins, from_bins):
+    values = torch.tensor([-900.0, -12.3, -1.0, 0.0, 0.37, 2.0, 55.5, 4000.0], dtype=torch.float64)
+    encoded = two_hot(to_bins(values), bins)
+    assert encoded.shape == (8, len(bins))
+    torch.testing.assert_close(encoded.sum(-1), torch.ones(8, dtype=torch.float64))
+    assert ((encoded > 0).sum(-1) <= 2).all()
+    nonzero = [torch.nonzero(row).flatten() for row in encoded]
+    assert all(len(idx) == 1 or idx[1] - idx[0] == 1 for idx in nonzero)
+    torch.testing.assert_close(from_bins(two_hot_decode(encoded, bins)), values, rtol=1e-9, atol=1e-9)
+
+
+def test_two_hot_clamps_out_of_range_values_to_the_end_bins():
+    bins = tdmpc_bins()
+    encoded = two_hot(torch.tensor([-50.0, 50.0]), bins)
+    assert encoded[0, 0] == 1 and encoded[1, -1] == 1
+
+
+def test_soft_cross_entropy_equals_cross_entropy_for_one_hot_targets():
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 3, 9, 5])
+    torch.testing.assert_close(soft_cross_entropy(logits, F.one_hot(labels, 10).float()),
+                               F.cross_entropy(logits, labels, reduction="none"))
+
+
+def test_simnorm_groups_sum_to_one():
+    x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(1))
+    y = simnorm(x, group_size=8)
+    assert y.shape == x.shape and (y >= 0).all()
+    torch.testing.assert_close(y.reshape(3, 5, 8, 8).sum(-1), torch.ones(3, 5, 8))
+
+
+def test_mlp_and_ensemble_shapes_and_independent_members():
+    from world_models.layers import Ensemble, mlp
+
+    torch.manual_seed(0)
+    net = mlp(12, [32, 32], 5, dropout=0.01)
+    assert net(torch.randn(7, 12)).shape == (7, 5)
+    q = Ensemble(lambda: mlp(12, [16], 1), count=5)
+    out = q(torch.randn(3, 12))
+    assert out.shape == (5, 3, 1)
+    assert not torch.allclose(out[0], out[1])  # members are initialised independently
