@@ -130,8 +130,8 @@ def run(cfg: CollectConfig, show_progress: bool = True) -> TrajectoryManifest:
         raise UserError("no output directory; pass --out PATH (or `out:` in the config)")
     check_variant(cfg.env, cfg.variant)
     dataset = TrajectoryDatasetWriter(cfg.out, cfg.dataset_fingerprint())
-    if dataset.complete:
-        return TrajectoryManifest.model_validate_json((cfg.out / "manifest.json").read_text())
+    if dataset.manifest is not None:  # already complete: nothing to write
+        return dataset.manifest
     env = _make_env(cfg)
     policy = make_policy(cfg.policy, env.action_space)
     _worker_env[cfg.model_dump_json()] = (env, policy)

@@ -181,9 +181,10 @@ def run(cfg: EncodeConfig, show_progress: bool = True) -> str:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     encoder = _encoder_for(cfg)
+    provenance = encoder.provenance()
     # What the stored bytes depend on; another identity at `out` is never overwritten.
     identity = {"encoder": spec.name, "weights_sha256": encoder.weights_sha256,
-                "compute_precision": encoder.provenance()["compute_precision"],
+                "compute_precision": provenance["compute_precision"],
                 "source_manifest_sha256": manifest_sha, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
                 "chunk_frames": chunk_frames}
     partial = embedding_store.partial_url(out)
@@ -199,7 +200,7 @@ def run(cfg: EncodeConfig, show_progress: bool = True) -> str:
             feature_dtype="uint8" if is_pixels else cfg.dtype,
             step_layout=embedding_store.step_array_layout(manifest.action_dim, sum(manifest.state_keys.values())),
             episode_start=np.array([s.start for s in episode_spans(manifest)]), chunk_frames=chunk_frames,
-            attrs={**identity, **encoder.provenance(), "identity": identity, "source_dataset": dataset,
+            attrs={**identity, **provenance, "identity": identity, "source_dataset": dataset,
                    "env": manifest.env, "variant": manifest.variant, "variant_seed": manifest.variant_seed,
                    "frame_size": manifest.frame_size, "image_format": manifest.image_format,
                    "encode_config": cfg.model_dump(mode="json", exclude={"out", "workers", "scheduler", "threads"}),

@@ -20,7 +20,7 @@ from pipeline.storage.manifest import TrajectoryManifest, read_manifest, sha256_
 def decode_episode(sample: dict[str, Any]) -> Episode:
     """An `Episode` from a raw WebDataset sample (field name -> bytes)."""
     frame_fields = sorted(k for k in sample if k.startswith("frame."))
-    frames = np.stack([np.asarray(Image.open(io.BytesIO(sample[k])).convert("RGB")) for k in frame_fields])
+    frames = np.stack([decode_frame(sample[k]) for k in frame_fields])
     arrays = {name: np.load(io.BytesIO(sample[f"{name}.npy"]), allow_pickle=False) for name in STEP_ARRAYS}
     return Episode(frames=frames, meta=json.loads(sample["meta.json"]), **arrays)
 

@@ -79,7 +79,7 @@ def write_shard(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> 
     return sha256_file(path), path.stat().st_size
 
 
-class Progress(BaseModel):
+class CollectionProgress(BaseModel):
     config: dict[str, Any]
     shards: dict[str, ShardRecord] = {}
 
@@ -90,8 +90,8 @@ class TrajectoryDatasetWriter:
     def __init__(self, root: Path, fingerprint: dict[str, Any]):
         self.root = Path(root)
         self.fingerprint = fingerprint
-        self.progress = Progress(config=fingerprint)
-        self.complete = False
+        self.progress = CollectionProgress(config=fingerprint)
+        self.manifest: TrajectoryManifest | None = None  # set once the dataset is complete
         self._check_existing()
 
     def _check_existing(self) -> None:
@@ -102,13 +102,13 @@ class TrajectoryDatasetWriter:
             return
         manifest_path, progress_path = root / MANIFEST_NAME, root / PROGRESS_NAME
         if manifest_path.is_file():
-            existing = TrajectoryManifest.model_validate_json(manifest_path.read_text()).config
-            self._require_same_config(existing)
-            self.complete = True
+            manifest = TrajectoryManifest.model_validate_json(manifest_path.read_text())
+            self._require_same_config(manifest.config)
+            self.manifest = manifest
         elif progress_path.is_file():
-            existing = Progress.model_validate_json(progress_path.read_text())
+            existing = CollectionProgress.model_validate_json(progress_path.read_text())
             self._require_same_config(existing.config)
-            self.progress = Progress(config=self.fingerprint, shards={
+            self.progress = CollectionProgress(config=self.fingerprint, shards={
                 name: record for name, record in existing.shards.items()
                 if (root / name).is_file() and sha256_file(root / name) == record.sha256})
         elif any(root.iterdir()):
@@ -146,5 +146,5 @@ class TrajectoryDatasetWriter:
             frames=sum(s.steps + s.episodes for s in shards), **fields)
         write_json_atomic(self.root / MANIFEST_NAME, manifest.model_dump(mode="json"))
         (self.root / PROGRESS_NAME).unlink()
-        self.complete = True
+        self.manifest = manifest
         return manifest
