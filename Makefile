@@ -35,3 +35,5 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python benchmarks/collect.py
+	$(BIN)/python benchmarks/encode.py
+	$(BIN)/python benchmarks/cache_payoff.py

@@ -22,24 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 
 from pipeline.config import CollectConfig, EncodeConfig
 from pipeline.encoders import FrozenEncoder, get_spec
+from random_weights import write_random_weights
 from stages import collect, encode
-
-
-def write_random_weights(model_name: str, weights_dir: Path) -> None:
-    from safetensors.torch import save_file
-
-    spec = get_spec(model_name)
-    model = timm.create_model(spec.architecture, pretrained=False, **spec.model_kwargs)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if spec.weights == "timm":
-        save_file(state, str(weights_dir / f"{spec.name}.safetensors"))
-    else:  # R3M layout, mapped back by the registry's key mapping
-        torch.save({"r3m": {f"module.convnet.{k}": v for k, v in state.items()}}, weights_dir / spec.weights_filename)
 
 
 def bare_forward_rate(encoder: FrozenEncoder, frames: torch.Tensor, batch_size: int) -> float:

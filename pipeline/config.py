@@ -112,3 +112,32 @@ class EncodeConfig(StrictConfig):
     workers: int | None = Field(None, gt=0, description="local Dask cluster with this many processes")
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler")
     threads: int | None = Field(None, gt=0, description="torch threads per process")
+
+
+class TrainConfig(StrictConfig):
+    """`pvr-pipe train`: fit a world model offline on a store's cached embeddings."""
+
+    store: str | None = Field(None, description="embedding store made by `pvr-pipe encode`")
+    world_model: Literal["dreamer", "tdmpc"] = "dreamer"
+    preset: Literal["xs", "s", "m", "l"] = "s"
+    settings: dict[str, Any] = Field(default_factory=dict, description="world-model settings over the preset")
+    seed: int = Field(0, ge=0)
+    out: Path | None = Field(None, description="default: runs/<dataset>/<encoder>/<world_model>/seed<k>")
+    updates: int = Field(2000, gt=0)
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of episodes held out")
+    log_every: int = Field(50, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    device: str = "cpu"
+    threads: int | None = Field(None, gt=0, description="torch threads")
+
+
+class EvaluateModelConfig(StrictConfig):
+    """`pvr-pipe evaluate-model`: model-quality metrics of a trained world model."""
+
+    run: Path | None = Field(None, description="run directory made by `pvr-pipe train`")
+    stores: list[str] = Field(default_factory=list, description="further stores to score, e.g. OOD variants")
+    out: Path | None = Field(None, description="directory; default: <run>/quality")
+    horizon: int | None = Field(None, gt=0, description="open-loop steps; default 500 dreamer, 33 tdmpc")
+    context: int = Field(5, gt=0, description="frames observed before predicting open loop")
+    device: str = "cpu"
+

@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import click
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import CollectConfig, EncodeConfig, load_config
+from pipeline.config import (CollectConfig, EncodeConfig, EvaluateModelConfig, TrainConfig,
+                             load_config)
 from pipeline.errors import UserError
 
 CONFIG_HELP = ("YAML file, or FILE:SECTION (e.g. params.yaml:collect), giving options; repeat to "
@@ -81,6 +83,61 @@ def encode(config_refs: tuple[str, ...], quiet: bool, **options) -> None:
 
     cfg = load_config(EncodeConfig, config_refs, options)
     click.echo(encode_stage.run(cfg, show_progress=not quiet))
+
+
+def parse_settings(pairs: tuple[str, ...]) -> dict | None:
+    """`--set lr=1e-3 --set embed_head=mlp` -> {"lr": 0.001, "embed_head": "mlp"} (values read as YAML)."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got '{pair}'")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings or None
+
+
+@cli.command()
+@click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
+@click.option("--store", help="Embedding store (Zarr) made by `pvr-pipe encode`.")
+@click.option("--world-model", help="dreamer or tdmpc.")
+@click.option("--preset", help="Size: xs (tests), s, m, l.")
+@click.option("--set", "settings", metavar="KEY=VALUE", multiple=True,
+              help="World-model setting over the preset, e.g. --set lr=1e-4 --set embed_head=mlp.")
+@click.option("--seed", type=int, help="Seed of weights and batch sampling.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--updates", type=int, help="Gradient updates in total.")
+@click.option("--validation-fraction", type=float, help="Share of episodes held out for evaluate-model.")
+@click.option("--log-every", type=int, help="Updates per logged row.")
+@click.option("--checkpoint-every", type=int, help="Updates between checkpoints.")
+@click.option("--device", help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, help="torch threads.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, **options) -> None:
+    """Train a world model offline on cached embeddings; resumes from its last checkpoint."""
+    from stages import train as train_stage
+
+    given = parse_settings(settings)
+    cfg = load_config(TrainConfig, config_refs, options)
+    if given:
+        cfg = cfg.model_copy(update={"settings": {**cfg.settings, **given}})
+    click.echo(train_stage.run(cfg, show_progress=not quiet))
+
+
+@cli.command("evaluate-model")
+@click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
+@click.option("--run", type=click.Path(path_type=Path), help="Run directory made by `pvr-pipe train`.")
+@click.option("--store", "stores", multiple=True,
+              help="Also score every episode of this store (an OOD variant, same encoder); repeatable.")
+@click.option("--out", type=click.Path(path_type=Path), help="Directory to write; default <run>/quality.")
+@click.option("--horizon", type=int, help="Open-loop prediction steps (default 500 dreamer, 33 tdmpc).")
+@click.option("--context", type=int, help="Frames observed before open-loop prediction.")
+@click.option("--device", help="cpu, cuda or cuda:N.")
+def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **options) -> None:
+    """How well a world model predicts: open-loop latent error, reward error, reconstruction, probe R^2."""
+    from stages import evaluate_model as evaluate_model_stage
+
+    cfg = load_config(EvaluateModelConfig, config_refs, options | {"stores": list(stores) or None})
+    click.echo(evaluate_model_stage.run(cfg))
 
 
 @cli.command()

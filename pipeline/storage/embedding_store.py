@@ -109,3 +109,15 @@ def describe_store(url: str) -> dict[str, Any]:
         "env": f"{attrs['env']} [{attrs['variant']}]",
         "code_version": attrs["code_version"],
     }
+
+
+def read_store(url: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+    """Every per-frame array of a finished store in memory, its episode starts and attributes."""
+    group = open_store(url)
+    attrs = dict(group.attrs)
+    feature = attrs["feature"]
+    names = [feature, "action", "reward", "is_first", "is_last", "is_terminal", "state"]
+    missing = [name for name in names if name not in group]
+    if missing:
+        raise UserError(f"embedding store '{url}' lacks arrays {missing}; re-encode it with `pvr-pipe encode`")
+    return {name: group[name][:] for name in names}, group["episode_start"][:], attrs

@@ -1,0 +1,146 @@
+"""`pvr-pipe evaluate-model`: how well a trained world model predicts, on held-out or OOD data.
+
+Scores the run's held-out episodes, and every episode of each further store of the same encoder
+(`--store`, repeatable: the OOD variants), each under its variant's name:
+  prediction error over an open-loop horizon: after `context` observed frames, the model predicts
+    from actions alone; dreamer: symmetric KL between the open-loop prior and the posterior that
+    saw the frames; tdmpc: MSE between rolled-out and encoded latents. Next to it, a baseline
+    that copies the last observed latent.
+  reward prediction from the filtered state (dreamer) or the encoded latent (tdmpc): MAE and
+    Pearson correlation; dreamer's reconstruction error (symlog space, or pixels in [-.5, .5]).
+  a linear probe of the true state from the raw stored features (fitted on the run's training
+    episodes), which measures what the PVR keeps before any world model is trained.
+Writes `<run>/quality/metrics.json` (per variant, for `dvc metrics`) and
+`<run>/quality/prediction_error.tsv` (horizon, one column per variant and per copy baseline, for
+`dvc plots`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from pipeline.analysis.linear_probe import probe_r2
+from pipeline.config import EvaluateModelConfig
+from pipeline.errors import UserError
+from pipeline.provenance import code_version
+from pipeline.storage.atomic_files import write_bytes_atomic, write_json_atomic
+from pipeline.storage.embedding_store import read_store
+from stages.train import CHECKPOINT, RUN_FILE, arrays_sha256
+from world_models.checkpoint import load_checkpoint, restore_model
+from world_models.replay import Replay
+
+DEFAULT_HORIZON = {"dreamer": 500, "tdmpc": 33}
+METRIC_NAME = {"dreamer": "symmetric_kl", "tdmpc": "latent_mse"}
+WINDOW_BATCH = 32
+QUALITY_DIR = "quality"
+METRICS_FILE = "metrics.json"
+CURVE_FILE = "prediction_error.tsv"
+
+
+def run(cfg: EvaluateModelConfig) -> Path:
+    if cfg.run is None:
+        raise UserError("no run; pass --run DIR (a directory made by `pvr-pipe train`)")
+    run_file = cfg.run / RUN_FILE
+    if not run_file.is_file():
+        raise UserError(f"'{cfg.run}' is not a training run (no {RUN_FILE}); make one with `pvr-pipe train`")
+    run_info = yaml.safe_load(run_file.read_text())
+    checkpoint = load_checkpoint(cfg.run / CHECKPOINT)
+    spec = checkpoint["spec"]
+    model = restore_model(checkpoint, cfg.device).eval()
+
+    train_arrays, train_starts, _ = read_store(run_info["store"])
+    if arrays_sha256(train_arrays) != run_info["identity"]["store_sha256"]:
+        raise UserError(f"the run's store '{run_info['store']}' changed since training; retrain the run")
+    training = Replay(train_arrays, train_starts, spec["feature"])
+    identity = run_info["identity"]
+    scored = {run_info["variant"]: ("held-out", run_info["store"],
+                                    training.select_episodes(identity["validation_episodes"]))}
+    for store in (s.rstrip("/") for s in cfg.stores):
+        arrays, starts, attrs = read_store(store)
+        _check_same_encoder(run_info, attrs, store)
+        if attrs["variant"] in scored:
+            raise UserError(f"store '{store}' repeats variant '{attrs['variant']}'; pass one store per variant")
+        scored[attrs["variant"]] = ("all", store, Replay(arrays, starts, spec["feature"]))
+
+    world_model = spec["world_model"]
+    context = cfg.context if world_model == "dreamer" else 1
+    shortest = min(int((r.episode_end - r.episode_start).min()) for _, _, r in scored.values())
+    horizon = min(cfg.horizon or DEFAULT_HORIZON[world_model], shortest - context)
+    if horizon < 1:
+        raise UserError(f"episodes of {shortest} frames leave no room to predict after {context} context frames")
+    fit = training.select_episodes(identity["train_episodes"])
+    fit_groups = np.repeat(np.arange(fit.episodes), fit.episode_end - fit.episode_start)
+
+    metrics = {"about": {"run": str(cfg.run), "world_model": world_model, "encoder": run_info["encoder"],
+                         "seed": identity["seed"], "preset": identity["preset"], "env": run_info["env"],
+                         "train_variant": run_info["variant"],
+                         "encoder_properties": run_info["properties"], "prediction_metric": METRIC_NAME[world_model],
+                         "context": context, "horizon": horizon, "code_version": code_version()}}
+    curves = {}
+    for variant, (episodes, store, replay) in scored.items():
+        torch.manual_seed(0)
+        curve = _prediction_error(model, replay, context, horizon, cfg.device)
+        rewards = _reward_and_reconstruction(model, replay, cfg.device)
+        probe = probe_r2(fit.obs.numpy(), fit.state, fit_groups, replay.obs.numpy(), replay.state)
+        curves[variant] = curve
+        metrics[variant] = {
+            "store": store, "episodes": episodes, "frames": replay.frames,
+            "prediction_error": {"mean": float(curve["model"].mean()), "final": float(curve["model"][-1]),
+                                 "copy_last_mean": float(curve["copy_last"].mean()),
+                                 "ratio_to_copy_last": float(curve["model"].mean() / max(curve["copy_last"].mean(), 1e-12))},
+            "reward": rewards["reward"],
+            "reconstruction_mse": rewards["reconstruction_mse"],
+            "probe": probe,
+        }
+    out = cfg.out or cfg.run / QUALITY_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / METRICS_FILE, metrics)
+    header = ["horizon", *curves, *(f"{v}_copy_last" for v in curves)]
+    rows = ["\t".join(header)] + [
+        "\t".join([str(k + 1), *(f"{c['model'][k]:.6g}" for c in curves.values()),
+                   *(f"{c['copy_last'][k]:.6g}" for c in curves.values())]) for k in range(horizon)]
+    write_bytes_atomic(out / CURVE_FILE, ("\n".join(rows) + "\n").encode())
+    return out
+
+
+def _check_same_encoder(run_info: dict, attrs: dict, store: str) -> None:
+    if attrs["encoder"] != run_info["encoder"] or attrs["weights_sha256"] != run_info["encoder_weights_sha256"]:
+        raise UserError(f"store '{store}' was encoded with {attrs['encoder']} ({attrs['weights_sha256'][:12]}) but the run "
+                        f"was trained on {run_info['encoder']} ({run_info['encoder_weights_sha256'][:12]}); "
+                        f"evaluate on a store of the same encoder")
+    if attrs["env"] != run_info["env"]:
+        raise UserError(f"store '{store}' holds {attrs['env']} but the run was trained on {run_info['env']}")
+
+
+def _prediction_error(model, replay: Replay, context: int, horizon: int, device: str) -> dict[str, np.ndarray]:
+    """Mean over windows of the per-step open-loop error; windows tile each episode."""
+    length = context + horizon
+    starts = torch.from_numpy(replay.window_starts(length, stride=horizon))
+    sums = {"model": np.zeros(horizon), "copy_last": np.zeros(horizon)}
+    for chunk in starts.split(WINDOW_BATCH):
+        batch = replay.gather(chunk, length, model.cfg.frame_stack)
+        result = model.open_loop({k: v.to(device) for k, v in batch.items()}, context)
+        for key in sums:
+            sums[key] += result[key].cpu().numpy() * len(chunk)
+    return {key: value / len(starts) for key, value in sums.items()}
+
+
+def _reward_and_reconstruction(model, replay: Replay, device: str) -> dict:
+    """One whole episode at a time; frame 0 carries no reward (RLDS) and is left out."""
+    predicted, actual, reconstruction = [], [], []
+    for start, end in zip(replay.episode_start, replay.episode_end):
+        batch = replay.gather(torch.tensor([start]), int(end - start), model.cfg.frame_stack)
+        result = model.one_step_predictions({k: v.to(device) for k, v in batch.items()})
+        predicted.append(result["reward"][0, 1:].cpu().numpy())
+        actual.append(batch["reward"][0, 1:].numpy())
+        if "reconstruction" in result:
+            reconstruction.append(result["reconstruction"][0].cpu().numpy())
+    predicted, actual = np.concatenate(predicted), np.concatenate(actual)
+    varies = predicted.std() > 1e-8 and actual.std() > 1e-8
+    return {"reward": {"mae": float(np.abs(predicted - actual).mean()),
+                       "correlation": float(np.corrcoef(predicted, actual)[0, 1]) if varies else 0.0},
+            "reconstruction_mse": float(np.concatenate(reconstruction).mean()) if reconstruction else None}

@@ -1,0 +1,148 @@
+"""`pvr-pipe train`: fit a world model offline on the cached embeddings of one store.
+
+A run directory holds `run.yaml` (resolved config, seeds, held-out episodes, input hashes, code
+version), `checkpoint.pt` (rewritten atomically every `checkpoint_every` updates and at the end)
+and `live/` (dvclive: `metrics.json`, and per-metric TSVs under `plots/metrics/train/`). A killed
+run continues from its last checkpoint with the same RNG states, so it ends with the same weights
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipeline import __version__
+from pipeline.config import TrainConfig
+from pipeline.errors import UserError
+from pipeline.provenance import code_version
+from pipeline.storage.atomic_files import write_bytes_atomic
+from pipeline.storage.embedding_store import read_store
+from world_models.checkpoint import load_checkpoint, restore_training, save_checkpoint
+from world_models.registry import make_world_model, world_model_config
+from world_models.replay import Replay, split_episodes
+from world_models.tdmpc import heuristic_discount
+
+CHECKPOINT = "checkpoint.pt"
+RUN_FILE = "run.yaml"
+LIVE_DIR = "live"
+
+
+def default_out(cfg: TrainConfig, attrs: dict) -> Path:
+    dataset = Path(str(attrs["source_dataset"]).rstrip("/")).name
+    return Path("runs") / dataset / attrs["encoder"] / cfg.world_model / f"seed{cfg.seed}"
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """Content hash of the arrays a run trains on (independent of chunking and compression)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
+def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
+    if cfg.store is None:
+        raise UserError("no store; pass --store PATH (a Zarr store made by `pvr-pipe encode`)")
+    store = cfg.store.rstrip("/")
+    arrays, episode_start, attrs = read_store(store)
+    feature = attrs["feature"]
+    lengths = np.diff(np.append(episode_start, len(arrays[feature])))
+    settings = dict(cfg.settings)
+    if cfg.world_model == "tdmpc":
+        settings.setdefault("discount", heuristic_discount(float(np.mean(lengths - 1))))
+    wm_config = world_model_config(cfg.world_model, cfg.preset, settings)
+    train_ids, validation_ids = split_episodes(len(episode_start), cfg.validation_fraction)
+    out = cfg.out or default_out(cfg, attrs)
+    spec = {"world_model": cfg.world_model, "config": wm_config.as_dict(), "feature": feature,
+            "feature_shape": list(arrays[feature].shape[1:]), "action_dim": int(arrays["action"].shape[1])}
+    # What the trained weights depend on; a run directory never mixes two of these.
+    identity = {"world_model": cfg.world_model, "preset": cfg.preset, "config": spec["config"], "seed": cfg.seed,
+                "store_sha256": arrays_sha256(arrays), "train_episodes": train_ids,
+                "validation_episodes": validation_ids}
+    _check_run_dir(out, identity)
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    replay = Replay(arrays, episode_start, feature).select_episodes(train_ids)
+    replay.window_starts(wm_config.sequence_length)   # fails early if episodes are too short
+    model = make_world_model(cfg.world_model, wm_config, feature, spec["feature_shape"], spec["action_dim"])
+    model = model.to(cfg.device).train()
+    optimizers = model.make_optimizers()
+    checkpoint_path = out / CHECKPOINT
+    start = restore_training(load_checkpoint(checkpoint_path), model, optimizers, rng) if checkpoint_path.exists() else 0
+    if start >= cfg.updates:
+        print(f"{out} is already trained ({start} updates)", file=sys.stderr)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = {"identity": identity, "store": store, "encoder": attrs["encoder"],
+                "encoder_weights_sha256": attrs["weights_sha256"], "env": attrs["env"], "variant": attrs["variant"],
+                "source_dataset": attrs["source_dataset"], "properties": attrs["properties"],
+                "train_config": cfg.model_dump(mode="json"), "pipeline_version": __version__,
+                "code_version": code_version()}
+    write_bytes_atomic(out / RUN_FILE, yaml.safe_dump(run_info, sort_keys=False).encode())
+
+    live = _open_live(out / LIVE_DIR, resume_from=start)
+    sums: dict[str, float] = defaultdict(float)
+    window_start, count = time.perf_counter(), 0
+    columns = (TextColumn(f"train {cfg.world_model} on {attrs['encoder']}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("updates {task.fields[loss]}"), TimeRemainingColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        bar = progress.add_task("train", total=cfg.updates, completed=start, loss="")
+        for update in range(start + 1, cfg.updates + 1):
+            batch = replay.sample(wm_config.batch_size, wm_config.sequence_length, rng, wm_config.frame_stack)
+            metrics = model.train_step({k: v.to(cfg.device) for k, v in batch.items()}, optimizers)
+            for key, value in metrics.items():
+                sums[key] += value
+            count += 1
+            progress.advance(bar)
+            if update % cfg.log_every == 0 or update == cfg.updates:
+                elapsed = time.perf_counter() - window_start
+                live.step = update
+                for key, value in sums.items():
+                    live.log_metric(f"train/{key}", value / count)
+                live.log_metric("train/updates_per_s", count / elapsed)
+                live.make_summary()
+                progress.update(bar, loss=f"loss {sums['loss'] / count:.3f}")
+                sums.clear()
+                window_start, count = time.perf_counter(), 0
+            if update % cfg.checkpoint_every == 0 or update == cfg.updates:
+                save_checkpoint(checkpoint_path, model=model, optimizers=optimizers, update=update, rng=rng, spec=spec)
+    return out
+
+
+def _check_run_dir(out: Path, identity: dict) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output '{out}' exists and is a file; choose another --out")
+    run_file = out / RUN_FILE
+    if not run_file.exists():
+        if out.exists() and any(p.name != LIVE_DIR for p in out.iterdir()):
+            raise UserError(f"output '{out}' holds files that are not a pvr-pipe run; choose another --out")
+        return
+    existing = (yaml.safe_load(run_file.read_text()) or {}).get("identity", {})
+    if existing != identity:
+        changed = ", ".join(k for k in identity if existing.get(k) != identity[k])
+        raise UserError(f"'{out}' holds a run with a different {changed}; choose another --out or remove it first")
+
+
+def _open_live(directory: Path, resume_from: int):
+    """dvclive logger; on resume, drops rows logged after the checkpoint (they will be logged again)."""
+    from dvclive import Live
+
+    for tsv in (directory / "plots").rglob("*.tsv") if resume_from else []:
+        lines = tsv.read_text().splitlines()
+        step_column = lines[0].split("\t").index("step")
+        kept = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[step_column]) <= resume_from]
+        write_bytes_atomic(tsv, ("\n".join(kept) + "\n").encode())
+    return Live(str(directory), resume=resume_from > 0, save_dvc_exp=False, dvcyaml=False, report=None)

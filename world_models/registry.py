@@ -1,0 +1,52 @@
+"""The world models by name, each sized by one preset name plus optional overrides."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from pipeline.errors import UserError
+from world_models import dreamer, tdmpc
+
+WORLD_MODELS = {
+    "dreamer": (dreamer.DreamerWorldModel, dreamer.DreamerConfig, dreamer.PRESETS),
+    "tdmpc": (tdmpc.TDMPCWorldModel, tdmpc.TDMPCConfig, tdmpc.PRESETS),
+}
+
+
+def world_model_config(name: str, preset: str, overrides: dict[str, Any]):
+    """The preset's config with `overrides` (None values ignored); unknown names are a UserError."""
+    if name not in WORLD_MODELS:
+        raise UserError(f"unknown world model '{name}'; choose one of {', '.join(WORLD_MODELS)}")
+    _, config_class, presets = WORLD_MODELS[name]
+    if preset not in presets:
+        raise UserError(f"unknown preset '{preset}' for {name}; choose one of {', '.join(presets)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(config_class.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"{name} has no setting {unknown}; its settings: {', '.join(config_class.__dataclass_fields__)}")
+    fields = config_class.__dataclass_fields__
+    return replace(presets[preset], **{key: _coerce(name, key, value, fields[key].type) for key, value in given.items()})
+
+
+def _coerce(name: str, key: str, value: Any, type_name: str) -> Any:
+    """YAML reads `1e-3` as a string; settings take the type their field declares."""
+    caster = {"float": float, "int": int, "str": str}[type_name]
+    try:
+        if type_name == "int" and float(value) != int(float(value)):
+            raise ValueError
+        cast = caster(float(value)) if type_name == "int" else caster(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} setting '{key}' must be {type_name}, got {value!r}") from None
+    if key == "embed_head" and cast not in ("linear", "mlp"):
+        raise UserError(f"{name} setting 'embed_head' must be linear or mlp, got {value!r}")
+    return cast
+
+
+def make_world_model(name: str, config, feature: str, feature_shape: tuple[int, ...], action_dim: int) -> nn.Module:
+    model_class, config_class, _ = WORLD_MODELS[name]
+    if isinstance(config, dict):
+        config = config_class(**config)
+    return model_class(feature, tuple(feature_shape), action_dim, config)
