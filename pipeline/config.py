@@ -141,3 +141,11 @@ class EvaluateModelConfig(StrictConfig):
     context: int = Field(5, gt=0, description="frames observed before predicting open loop")
     device: str = "cpu"
 
+
+class ReportConfig(StrictConfig):
+    """`pvr-pipe report`: tables and figures over every run's model-quality metrics."""
+
+    runs: Path = Field(Path("runs"), description="directory searched for <run>/quality/metrics.json")
+    out: Path = Path("reports")
+    bootstrap_reps: int = Field(2000, gt=0, description="bootstrap resamples for the confidence intervals")
+    seed: int = Field(0, ge=0, description="seed of the bootstrap")

@@ -16,7 +16,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import (CollectConfig, EncodeConfig, EvaluateModelConfig, TrainConfig,
+from pipeline.config import (CollectConfig, EncodeConfig, EvaluateModelConfig, ReportConfig, TrainConfig,
                              load_config)
 from pipeline.errors import UserError
 
@@ -127,7 +127,8 @@ def train(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, 
 @click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
 @click.option("--run", type=click.Path(path_type=Path), help="Run directory made by `pvr-pipe train`.")
 @click.option("--store", "stores", multiple=True,
-              help="Also score every episode of this store (an OOD variant, same encoder); repeatable.")
+              help="Also score every episode of this store (an OOD look, same encoder), or of every store in "
+                   "this directory but the run's own; repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory to write; default <run>/quality.")
 @click.option("--horizon", type=int, help="Open-loop prediction steps (default 500 dreamer, 33 tdmpc).")
 @click.option("--context", type=int, help="Frames observed before open-loop prediction.")
@@ -138,6 +139,30 @@ def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **opti
 
     cfg = load_config(EvaluateModelConfig, config_refs, options | {"stores": list(stores) or None})
     click.echo(evaluate_model_stage.run(cfg))
+
+
+@cli.command()
+@click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
+@click.option("--runs", type=click.Path(path_type=Path), help="Directory holding the runs (default runs/).")
+@click.option("--out", type=click.Path(path_type=Path), help="Report directory (default reports/).")
+@click.option("--bootstrap-reps", type=int, help="Bootstrap resamples for confidence intervals.")
+@click.option("--seed", type=int, help="Seed of the bootstrap.")
+def report(config_refs: tuple[str, ...], **options) -> None:
+    """Markdown + HTML report with PNG figures over all runs (IQM and bootstrap CIs over seeds)."""
+    from stages import report as report_stage
+
+    cfg = load_config(ReportConfig, config_refs, options)
+    click.echo(report_stage.run(cfg) / "report.md")
+
+
+@cli.command()
+@click.argument("study_file", type=click.Path(path_type=Path))
+@click.option("--run/--no-run", "run_pipeline", default=True, help="Run `dvc repro` after checking (default).")
+def study(study_file: Path, run_pipeline: bool) -> None:
+    """Check a study file (envs, encoders and weights, world models, options), make it params.yaml, run it."""
+    from stages import study as study_stage
+
+    study_stage.run(study_file, run_pipeline=run_pipeline)
 
 
 @cli.command()

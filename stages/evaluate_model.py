@@ -59,7 +59,7 @@ def run(cfg: EvaluateModelConfig) -> Path:
     identity = run_info["identity"]
     scored = {run_info["variant"]: ("held-out", run_info["store"],
                                     training.select_episodes(identity["validation_episodes"]))}
-    for store in (s.rstrip("/") for s in cfg.stores):
+    for store in stores_to_score(cfg.stores, run_info["store"]):
         arrays, starts, attrs = read_store(store)
         _check_same_encoder(run_info, attrs, store)
         if attrs["variant"] in scored:
@@ -105,6 +105,20 @@ def run(cfg: EvaluateModelConfig) -> Path:
                    *(f"{c['copy_last'][k]:.6g}" for c in curves.values())]) for k in range(horizon)]
     write_bytes_atomic(out / CURVE_FILE, ("\n".join(rows) + "\n").encode())
     return out
+
+
+def stores_to_score(given: list[str], own_store: str) -> list[str]:
+    """Each given store, or every `*.zarr` store inside a given directory except the run's own."""
+    stores = []
+    for path in (Path(p.rstrip("/")) for p in given):
+        if path.is_dir() and not (path / "zarr.json").exists():
+            found = sorted(p for p in path.glob("*.zarr") if p.resolve() != Path(own_store).resolve())
+            if not found and not (path / Path(own_store).name).exists():
+                raise UserError(f"'{path}' holds no embedding stores (*.zarr); pass a store or a directory of them")
+            stores += [str(p) for p in found]
+        else:
+            stores.append(str(path))
+    return stores
 
 
 def _check_same_encoder(run_info: dict, attrs: dict, store: str) -> None:

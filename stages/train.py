@@ -127,7 +127,8 @@ def _check_run_dir(out: Path, identity: dict) -> None:
         raise UserError(f"output '{out}' exists and is a file; choose another --out")
     run_file = out / RUN_FILE
     if not run_file.exists():
-        if out.exists() and any(p.name != LIVE_DIR for p in out.iterdir()):
+        # live/ and quality/ may outlive run.yaml: DVC removes a stage's own outputs before rerunning it.
+        if out.exists() and any(p.name not in (LIVE_DIR, "quality", CHECKPOINT) for p in out.iterdir()):
             raise UserError(f"output '{out}' holds files that are not a pvr-pipe run; choose another --out")
         return
     existing = (yaml.safe_load(run_file.read_text()) or {}).get("identity", {})

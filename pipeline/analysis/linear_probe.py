@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 MAX_FIT_FRAMES = 4000
-ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
+ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)
 
 
 def r2_scores(target: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -43,6 +43,14 @@ def _ridge_fits(features: np.ndarray, target: np.ndarray, alphas) -> list:
     return [(vt.T @ ((s / (s ** 2 + alpha))[:, None] * projected), mean, scale, target_mean) for alpha in alphas]
 
 
+def pooled_r2(target: np.ndarray, predicted: np.ndarray) -> float:
+    """R^2 over all dimensions at once (variance-weighted, as scikit-learn's 'variance_weighted'):
+    a dimension that barely varies in the scored episodes cannot dominate the score."""
+    residual = ((target - predicted) ** 2).sum()
+    total = ((target - target.mean(0)) ** 2).sum()
+    return float(1.0 - residual / max(total, 1e-12))
+
+
 def choose_alpha(features: np.ndarray, target: np.ndarray, groups: np.ndarray) -> float:
     """The grid strength with the best mean R^2 when fitting on one half of the groups (episodes)."""
     unique = np.unique(groups)
@@ -51,7 +59,7 @@ def choose_alpha(features: np.ndarray, target: np.ndarray, groups: np.ndarray) -
     first = np.isin(groups, unique[: len(unique) // 2])
     fits = _ridge_fits(features[first], target[first], ALPHAS)
     held_x = features[~first].reshape(int((~first).sum()), -1)
-    scores = [np.nanmean(r2_scores(target[~first], ((held_x - m) / sc) @ w + tm)) for w, m, sc, tm in fits]
+    scores = [pooled_r2(target[~first], ((held_x - m) / sc) @ w + tm) for w, m, sc, tm in fits]
     return ALPHAS[int(np.argmax(scores))]
 
 
@@ -62,11 +70,12 @@ def evenly_spaced(count: int, limit: int) -> np.ndarray:
 
 def probe_r2(train_features: np.ndarray, train_state: np.ndarray, train_groups: np.ndarray,
              test_features: np.ndarray, test_state: np.ndarray) -> dict:
-    """Fit on the training frames, score on the test frames: mean and per-dimension R^2."""
+    """Fit on the training frames, score on the test frames: pooled and per-dimension R^2."""
     keep = evenly_spaced(len(train_features), MAX_FIT_FRAMES)
     train_features, train_state, train_groups = train_features[keep], train_state[keep], train_groups[keep]
     alpha = choose_alpha(train_features, train_state, train_groups)
     probe = LinearProbe(alpha).fit(train_features, train_state)
-    per_dim = r2_scores(test_state, probe.predict(test_features.reshape(len(test_features), -1)))
-    return {"r2": float(np.nanmean(per_dim)), "r2_per_dim": [None if np.isnan(v) else float(v) for v in per_dim],
+    predicted = probe.predict(test_features.reshape(len(test_features), -1))
+    per_dim = r2_scores(test_state, predicted)
+    return {"r2": pooled_r2(test_state, predicted), "r2_per_dim": [None if np.isnan(v) else float(v) for v in per_dim],
             "alpha": alpha}

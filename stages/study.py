@@ -1,0 +1,111 @@
+"""`pvr-pipe study FILE`: check a whole study up front, make it the pipeline's params, run it.
+
+A study file has the shape of `params.yaml` (blocks `study`, `envs`, `collect`, `encode`,
+`train`, `world_models`, `evaluate_model`, `report`). Before anything runs, every env and
+variant, every encoder and the availability of its weights, every world model, preset and
+setting, and every stage's options are checked, so a study of many GPU hours does not fail on
+its last stage. The file then replaces `params.yaml` (comments kept; `git checkout params.yaml`
+returns to the default study) and `dvc repro` runs it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import CollectConfig, EncodeConfig, EvaluateModelConfig, ReportConfig, TrainConfig
+from pipeline.errors import UserError
+from pipeline.storage.atomic_files import write_bytes_atomic
+
+BLOCKS = ("study", "envs", "collect", "encode", "train", "world_models", "evaluate_model", "report")
+STUDY_KEYS = ("envs", "train_variant", "variants", "encoders", "world_models", "seeds")
+
+
+def check_study(data: dict[str, Any], source: str) -> dict[str, int]:
+    """Raises a UserError naming the first problem; returns how many stages the study expands to."""
+    from pipeline.encoders import get_spec
+    from pipeline.encoders.weights import find_weights
+    from pipeline.envs import check_variant
+    from world_models.registry import world_model_config
+
+    def fail(where: str, message: str) -> None:
+        raise UserError(f"study '{source}', {where}: {message}")
+
+    missing_blocks = [b for b in BLOCKS if not isinstance(data.get(b), dict)]
+    if missing_blocks:
+        fail("top level", f"missing blocks {missing_blocks} (a study has the shape of params.yaml)")
+    study = data["study"]
+    missing_keys = [k for k in STUDY_KEYS if k not in study]
+    if missing_keys:
+        fail("study", f"missing keys {missing_keys}")
+    if study["train_variant"] not in study["variants"]:
+        fail("study.train_variant", f"'{study['train_variant']}' is not one of study.variants")
+    for name in study["envs"]:
+        if name not in data["envs"]:
+            fail("study.envs", f"'{name}' has no block under envs")
+        try:
+            collect = CollectConfig(**{**data["collect"], **data["envs"][name]})
+            for variant in study["variants"]:
+                check_variant(collect.env, variant)
+        except (UserError, ValueError) as error:
+            fail(f"envs.{name}", " ".join(str(error).split()))
+    missing_weights = []
+    for encoder in study["encoders"]:
+        try:
+            EncodeConfig(**{**data["encode"], "model": encoder})
+            spec = get_spec(encoder)
+        except (UserError, ValueError) as error:
+            fail("study.encoders", " ".join(str(error).split()))
+        if spec.weights in ("none", "random-init"):
+            continue
+        try:
+            if find_weights(spec) is None and not data["encode"].get("download", False):
+                missing_weights.append(encoder)
+        except UserError:
+            missing_weights.append(encoder)
+    if missing_weights:
+        fail("study.encoders", f"no local weights for {', '.join(missing_weights)}: put them into the weights "
+                               f"directory (see `pvr-pipe models` and README 'Weights'), or set encode.download: true")
+    for world_model in study["world_models"]:
+        block = data["world_models"].get(world_model)
+        if block is None:
+            fail("study.world_models", f"'{world_model}' has no block under world_models")
+        try:
+            train = TrainConfig(**{**data["train"], **block, "world_model": world_model})
+            world_model_config(world_model, train.preset, train.settings)
+        except (UserError, ValueError) as error:
+            fail(f"world_models.{world_model}", " ".join(str(error).split()))
+    for block, schema in (("evaluate_model", EvaluateModelConfig), ("report", ReportConfig)):
+        try:
+            schema(**data[block])
+        except ValueError as error:
+            fail(block, " ".join(str(error).split()))
+    runs = len(study["envs"]) * len(study["encoders"]) * len(study["world_models"]) * len(study["seeds"])
+    return {"collect": len(study["envs"]) * len(study["variants"]),
+            "encode": len(study["envs"]) * len(study["variants"]) * len(study["encoders"]),
+            "train": runs, "evaluate-model": runs, "report": 1}
+
+
+def run(path: Path, params: Path = Path("params.yaml"), run_pipeline: bool = True) -> dict[str, int]:
+    if not path.is_file():
+        raise UserError(f"study file '{path}' not found; see configs/studies/")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"study file '{path}' is not valid YAML: {str(error).splitlines()[0]}") from None
+    stages = check_study(data, str(path))
+    if path.resolve() != params.resolve():
+        write_bytes_atomic(params, text.encode())
+    print(f"{path}: {sum(stages.values())} stages ({', '.join(f'{n} {k}' for k, n in stages.items())}) "
+          f"-> {params}", file=sys.stderr)
+    if run_pipeline:
+        completed = subprocess.run([str(Path(sys.executable).with_name("dvc")), "repro"], cwd=params.parent)
+        if completed.returncode != 0:
+            raise UserError(f"dvc repro failed (exit {completed.returncode}); fix the error above and rerun "
+                            f"`dvc repro` (finished stages are kept)")
+    return stages
