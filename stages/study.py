@@ -21,7 +21,7 @@ from pipeline.config import CollectConfig, EncodeConfig, EvaluateModelConfig, Re
 from pipeline.errors import UserError
 from pipeline.storage.atomic_files import write_bytes_atomic
 
-BLOCKS = ("study", "envs", "collect", "encode", "train", "world_models", "evaluate_model", "report")
+BLOCKS = ("study", "envs", "collect", "encode", "encoder_options", "train", "world_models", "evaluate_model", "report")
 STUDY_KEYS = ("envs", "train_variant", "variants", "encoders", "world_models", "seeds")
 
 
@@ -55,8 +55,10 @@ def check_study(data: dict[str, Any], source: str) -> dict[str, int]:
             fail(f"envs.{name}", " ".join(str(error).split()))
     missing_weights = []
     for encoder in study["encoders"]:
+        if encoder not in data["encoder_options"]:
+            fail("study.encoders", f"'{encoder}' has no block under encoder_options (use {{}} for none)")
         try:
-            EncodeConfig(**{**data["encode"], "model": encoder})
+            EncodeConfig(**{**data["encode"], **data["encoder_options"][encoder], "model": encoder})
             spec = get_spec(encoder)
         except (UserError, ValueError) as error:
             fail("study.encoders", " ".join(str(error).split()))

@@ -128,7 +128,7 @@ def _check_run_dir(out: Path, identity: dict) -> None:
     run_file = out / RUN_FILE
     if not run_file.exists():
         # live/ and quality/ may outlive run.yaml: DVC removes a stage's own outputs before rerunning it.
-        if out.exists() and any(p.name not in (LIVE_DIR, "quality", CHECKPOINT) for p in out.iterdir()):
+        if out.exists() and any(p.name not in (LIVE_DIR, "quality") for p in out.iterdir()):
             raise UserError(f"output '{out}' holds files that are not a pvr-pipe run; choose another --out")
         return
     existing = (yaml.safe_load(run_file.read_text()) or {}).get("identity", {})

@@ -78,6 +78,14 @@ def test_tiny_study_runs_reruns_nothing_and_only_what_a_parameter_touches(repo_c
                 for encoder in ("pixels", "efficientnet-lite0") for seed in (0, 1)} | {"report"}
     assert ran_stages(third.stdout) == expected
 
+    params["encoder_options"]["pixels"]["batch_size"] = 128        # one encoder's option: its branch only
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fourth = sh("dvc", "repro", cwd=repo)
+    expected = ({f"encode@cartpole_swingup-{variant}-pixels" for variant in ("train", "texture")}
+                | {f"{stage}@cartpole_swingup-pixels-{wm}-{seed}" for stage in ("train", "evaluate-model")
+                   for wm in ("dreamer", "tdmpc") for seed in (0, 1)} | {"report"})
+    assert ran_stages(fourth.stdout) == expected
+
     metrics = sh("dvc", "metrics", "show", cwd=repo).stdout
     assert "quality/metrics.json" in metrics and "live/metrics.json" in metrics
     sh("dvc", "plots", "show", "-o", "plots_html", cwd=repo)
