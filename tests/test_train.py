@@ -125,7 +125,12 @@ def test_replay_windows_stay_inside_episodes_and_stack_repeats_the_first_frame()
 
 
 def test_bad_inputs_give_one_line(linear_store, toy_dataset, tmp_path):
+    import zarr
+
     assert_user_error(pvr_pipe("train", "--store", toy_dataset, "--out", tmp_path / "r"), "not an embedding store")
+    hollow = write_linear_system_store(tmp_path / "hollow.zarr", episodes=2)
+    del zarr.open_group(str(hollow), mode="r+")["embedding"]
+    assert_user_error(pvr_pipe("train", "--store", hollow, "--out", tmp_path / "r"), "lacks arrays", "embedding")
     assert_user_error(pvr_pipe("train", "--store", tmp_path / "missing.zarr"), "not an embedding store")
     assert_user_error(pvr_pipe("train", "--store", linear_store, "--world-model", "planet"), "world_model", "dreamer")
     assert_user_error(pvr_pipe("train", "--store", linear_store, "--preset", "huge"), "preset")
