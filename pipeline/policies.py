@@ -14,6 +14,7 @@ from typing import Protocol
 import gymnasium
 import numpy as np
 
+from pipeline.envs.actions import is_discrete
 from pipeline.errors import UserError
 
 
@@ -26,18 +27,20 @@ class Policy(Protocol):
 
 
 class RandomPolicy:
-    """Uniform random actions over the action box."""
+    """Uniform random actions: over the action box, or over a discrete action set."""
 
     name = "random"
 
-    def __init__(self, action_space: gymnasium.spaces.Box):
+    def __init__(self, action_space: gymnasium.spaces.Box | gymnasium.spaces.Discrete):
         self._space = action_space
         self._rng = np.random.default_rng(0)
 
     def reset(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
 
-    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray | int:
+        if is_discrete(self._space):
+            return int(self._space.start + self._rng.integers(self._space.n))
         return self._rng.uniform(self._space.low, self._space.high).astype(np.float32)
 
 

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import __version__
 from pipeline.config import CollectConfig
 from pipeline.envs import check_variant, make_env
+from pipeline.envs.actions import action_dim, to_stored
 from pipeline.errors import UserError
 from pipeline.policies import Policy, make_policy
 from pipeline.provenance import code_version
@@ -41,7 +42,8 @@ def collect_episode(env: gymnasium.Env, policy: Policy, env_seed: int, policy_se
                     on_frame: Callable[[np.ndarray], None] | None = None) -> Episode:
     """Run one episode to its end (or `max_steps`) in the RLDS step convention.
 
-    `on_frame` sees each frame as soon as it is rendered (collection encodes it in a thread).
+    Actions are stored as vectors (`pipeline.envs.actions`: one-hot for discrete envs). `on_frame`
+    sees each frame as soon as it is rendered (collection encodes it in a thread).
     """
     observation, _ = env.reset(seed=env_seed)
     policy.reset(policy_seed)
@@ -50,9 +52,9 @@ def collect_episode(env: gymnasium.Env, policy: Policy, env_seed: int, policy_se
         on_frame(observation["image"])
     terminated = False
     while True:
-        action = np.asarray(policy.act(observation), np.float32)
+        action = policy.act(observation)
         observation, reward, terminated, truncated, _ = env.step(action)
-        actions.append(action)
+        actions.append(to_stored(action, env.action_space))
         rewards.append(reward)
         frames.append(observation["image"])
         states.append(observation["state"])
@@ -154,7 +156,7 @@ def run(cfg: CollectConfig, show_progress: bool = True) -> TrajectoryManifest:
     return dataset.finish(
         env=cfg.env, variant=cfg.variant, variant_seed=cfg.variant_seed, policy=policy.name,
         seed=cfg.seed, frame_size=cfg.frame_size, image_format=cfg.image_format,
-        action_dim=int(np.prod(env.action_space.shape)), action_repeat=env.action_repeat,
+        action_dim=action_dim(env.action_space), action_repeat=env.action_repeat,
         state_keys=env.state_keys, pipeline_version=__version__, code_version=code_version())
 
 

@@ -89,3 +89,24 @@ def test_dmc_episode_is_1000_env_steps_then_truncated():
         assert not terminated
         steps += 1
     assert steps * env.action_repeat == 1000
+
+
+def test_actions_are_stored_as_vectors_and_map_back_to_the_env():
+    import gymnasium
+
+    from pipeline.envs.actions import action_dim, to_env_action, to_stored
+    from pipeline.policies import RandomPolicy
+
+    discrete = gymnasium.spaces.Discrete(3)
+    assert action_dim(discrete) == 3
+    assert to_stored(2, discrete).tolist() == [0, 0, 1]
+    assert to_env_action(np.array([0.1, 0.7, -0.2]), discrete) == 1
+    policy = RandomPolicy(discrete)
+    policy.reset(0)
+    actions = {policy.act({}) for _ in range(50)}
+    assert actions == {0, 1, 2}
+    box = gymnasium.spaces.Box(np.array([0.0, -2.0]), np.array([1.0, 2.0]), dtype=np.float32)
+    assert action_dim(box) == 2
+    np.testing.assert_allclose(to_stored(np.array([0.5, 2.0]), box), [0.0, 1.0])
+    np.testing.assert_allclose(to_env_action(np.array([0.0, 1.0]), box), [0.5, 2.0])
+    np.testing.assert_allclose(to_env_action(np.array([-3.0, 0.0]), box), [0.0, 0.0])   # clipped to the box
