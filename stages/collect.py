@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import __version__
 from pipeline.config import CollectConfig
 from pipeline.envs import check_variant, make_env
-from pipeline.envs.actions import action_dim, to_stored
+from pipeline.envs.actions import action_dim, is_discrete, to_stored
 from pipeline.errors import UserError
 from pipeline.policies import Policy, make_policy
 from pipeline.provenance import code_version
@@ -156,7 +156,8 @@ def run(cfg: CollectConfig, show_progress: bool = True) -> TrajectoryManifest:
     return dataset.finish(
         env=cfg.env, variant=cfg.variant, variant_seed=cfg.variant_seed, policy=policy.name,
         seed=cfg.seed, frame_size=cfg.frame_size, image_format=cfg.image_format,
-        action_dim=action_dim(env.action_space), action_repeat=env.action_repeat,
+        action_dim=action_dim(env.action_space),
+        action_space="discrete" if is_discrete(env.action_space) else "box", action_repeat=env.action_repeat,
         state_keys=env.state_keys, pipeline_version=__version__, code_version=code_version())
 
 

@@ -64,7 +64,8 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
     train_ids, validation_ids = split_episodes(len(episode_start), cfg.validation_fraction)
     out = cfg.out or default_out(cfg, attrs)
     spec = {"world_model": cfg.world_model, "config": wm_config.as_dict(), "feature": feature,
-            "feature_shape": list(arrays[feature].shape[1:]), "action_dim": int(arrays["action"].shape[1])}
+            "feature_shape": list(arrays[feature].shape[1:]), "action_dim": int(arrays["action"].shape[1]),
+            "discrete_actions": attrs.get("action_space") == "discrete"}
     # What the trained weights depend on; a run directory never mixes two of these.
     identity = {"world_model": cfg.world_model, "preset": cfg.preset, "config": spec["config"], "seed": cfg.seed,
                 "store_sha256": arrays_sha256(arrays), "train_episodes": train_ids,
@@ -77,7 +78,8 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
     rng = np.random.default_rng(cfg.seed)
     replay = Replay(arrays, episode_start, feature).select_episodes(train_ids)
     replay.window_starts(wm_config.sequence_length)   # fails early if episodes are too short
-    model = make_world_model(cfg.world_model, wm_config, feature, spec["feature_shape"], spec["action_dim"])
+    model = make_world_model(cfg.world_model, wm_config, feature, spec["feature_shape"], spec["action_dim"],
+                             spec["discrete_actions"])
     model = model.to(cfg.device).train()
     optimizers = model.make_optimizers()
     checkpoint_path = out / CHECKPOINT

@@ -17,7 +17,7 @@ from world_models.registry import make_world_model
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], update: int,
                     rng: np.random.Generator, spec: dict[str, Any]) -> None:
-    """`spec`: world_model, config (dict), feature, feature_shape, action_dim."""
+    """`spec`: world_model, config (dict), feature, feature_shape, action_dim, discrete_actions."""
     buffer = io.BytesIO()
     torch.save({"spec": spec, "update": update, "model": model.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
@@ -38,7 +38,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def restore_model(checkpoint: dict[str, Any], device: str = "cpu") -> nn.Module:
     spec = checkpoint["spec"]
     model = make_world_model(spec["world_model"], spec["config"], spec["feature"], spec["feature_shape"],
-                             spec["action_dim"])
+                             spec["action_dim"], spec.get("discrete_actions", False))
     model.load_state_dict(checkpoint["model"])
     return model.to(device)
 

@@ -38,6 +38,17 @@ class DreamerConfig:
     agc: float = 0.3               # adaptive gradient clipping: |g| <= agc * max(|w|, 1e-3) per tensor
     batch_size: int = 16
     sequence_length: int = 64
+    # behaviour: actor-critic trained in imagination (world_models/dreamer_agent.py)
+    imag_horizon: int = 15
+    return_horizon: float = 333.0  # discount = 1 - 1 / return_horizon
+    return_lambda: float = 0.95
+    actor_entropy: float = 3e-4
+    actor_grad: str = "reinforce"  # reinforce (DreamerV3) or dynamics (backprop through the model)
+    actor_min_std: float = 0.1
+    actor_max_std: float = 1.0
+    slow_critic_rate: float = 0.02
+    slow_critic_reg: float = 1.0
+    return_norm_decay: float = 0.99
 
     @property
     def frame_stack(self) -> int:
@@ -165,9 +176,11 @@ def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 class DreamerWorldModel(nn.Module):
-    def __init__(self, feature: str, feature_shape: tuple[int, ...], action_dim: int, cfg: DreamerConfig):
+    def __init__(self, feature: str, feature_shape: tuple[int, ...], action_dim: int, cfg: DreamerConfig,
+                 discrete_actions: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.action_dim, self.discrete_actions = action_dim, discrete_actions
         self.pixels = feature == "pixels"
         if self.pixels:
             self.encoder = PixelEncoder(cfg.cnn_depth)
@@ -203,7 +216,11 @@ class DreamerWorldModel(nn.Module):
     def predicted_reward(self, feat: torch.Tensor) -> torch.Tensor:
         return two_hot_decode(F.softmax(self.reward_head(feat), -1), self.bins)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def predicted_continue(self, feat: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.continue_head(feat).squeeze(-1))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+        """Total loss, its parts, and the filtered states (the starts of imagination)."""
         is_first = batch["is_first"].clone()
         is_first[:, 0] = True   # every window starts from the initial state
         states = self.rssm.observe(self.embed(batch["obs"]), batch["prev_action"], is_first)
@@ -219,18 +236,22 @@ class DreamerWorldModel(nn.Module):
         total = reconstruction + reward + cont + self.cfg.dyn_scale * dyn + self.cfg.rep_scale * rep
         metrics = {"loss": total, "reconstruction": reconstruction, "reward": reward, "continue": cont,
                    "kl_dyn": dyn, "kl_rep": rep}
-        return total, {k: float(v.detach()) for k, v in metrics.items()}
+        return total, {k: float(v.detach()) for k, v in metrics.items()}, states
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.Adam(self.parameters(), lr=self.cfg.lr, eps=1e-8)}
 
     def train_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        total, metrics = self.loss(batch)
+        return self.update(batch, optimizers)[0]
+
+    def update(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]):
+        """One gradient step; returns the metrics and the filtered states, detached."""
+        total, metrics, states = self.loss(batch)
         optimizers["model"].zero_grad(set_to_none=True)
         total.backward()
         adaptive_gradient_clip(self.parameters(), self.cfg.agc)
         optimizers["model"].step()
-        return metrics
+        return metrics, {key: value.detach() for key, value in states.items()}
 
     @torch.no_grad()
     def open_loop(self, batch: dict[str, torch.Tensor], context: int) -> dict[str, torch.Tensor]:

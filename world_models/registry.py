@@ -9,11 +9,14 @@ from torch import nn
 
 from pipeline.errors import UserError
 from world_models import dreamer, tdmpc
+from world_models.dreamer_agent import DreamerAgent
+from world_models.tdmpc_agent import TDMPCAgent
 
 WORLD_MODELS = {
     "dreamer": (dreamer.DreamerWorldModel, dreamer.DreamerConfig, dreamer.PRESETS),
     "tdmpc": (tdmpc.TDMPCWorldModel, tdmpc.TDMPCConfig, tdmpc.PRESETS),
 }
+CHOICES = {"embed_head": ("linear", "mlp"), "actor_grad": ("reinforce", "dynamics")}
 
 
 def world_model_config(name: str, preset: str, overrides: dict[str, Any]):
@@ -40,13 +43,21 @@ def _coerce(name: str, key: str, value: Any, type_name: str) -> Any:
         cast = caster(float(value)) if type_name == "int" else caster(value)
     except (TypeError, ValueError):
         raise UserError(f"{name} setting '{key}' must be {type_name}, got {value!r}") from None
-    if key == "embed_head" and cast not in ("linear", "mlp"):
-        raise UserError(f"{name} setting 'embed_head' must be linear or mlp, got {value!r}")
+    if key in CHOICES and cast not in CHOICES[key]:
+        raise UserError(f"{name} setting '{key}' must be {' or '.join(CHOICES[key])}, got {value!r}")
     return cast
 
 
-def make_world_model(name: str, config, feature: str, feature_shape: tuple[int, ...], action_dim: int) -> nn.Module:
+def make_world_model(name: str, config, feature: str, feature_shape: tuple[int, ...], action_dim: int,
+                     discrete_actions: bool = False) -> nn.Module:
     model_class, config_class, _ = WORLD_MODELS[name]
     if isinstance(config, dict):
         config = config_class(**config)
-    return model_class(feature, tuple(feature_shape), action_dim, config)
+    return model_class(feature, tuple(feature_shape), action_dim, config, discrete_actions)
+
+
+def make_agent(world_model: nn.Module) -> nn.Module:
+    """The acting and learning agent around a world model: DreamerV3's actor-critic or TD-MPC2's planner."""
+    if isinstance(world_model, dreamer.DreamerWorldModel):
+        return DreamerAgent(world_model)
+    return TDMPCAgent(world_model)

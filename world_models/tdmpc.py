@@ -47,6 +47,14 @@ class TDMPCConfig:
     discount: float = 0.99         # train derives it from the episode length, as TD-MPC2 does
     batch_size: int = 256
     num_channels: int = 32         # pixel encoder
+    # MPPI planning (world_models/tdmpc_agent.py), over `horizon` steps
+    mpc_iterations: int = 6
+    num_samples: int = 512
+    num_elites: int = 64
+    num_pi_trajs: int = 24
+    temperature: float = 0.5
+    min_std: float = 0.05
+    max_std: float = 2.0
 
     @property
     def sequence_length(self) -> int:
@@ -101,10 +109,12 @@ class PixelStackEncoder(nn.Module):
 
 
 class TDMPCWorldModel(nn.Module):
-    def __init__(self, feature: str, feature_shape: tuple[int, ...], action_dim: int, cfg: TDMPCConfig):
+    def __init__(self, feature: str, feature_shape: tuple[int, ...], action_dim: int, cfg: TDMPCConfig,
+                 discrete_actions: bool = False):
         super().__init__()
         self.cfg = cfg
         self.action_dim = action_dim
+        self.discrete_actions = discrete_actions
         self.pixels = feature == "pixels"
         latent, hidden = cfg.latent_dim, [cfg.mlp_dim, cfg.mlp_dim]
         if self.pixels:
@@ -129,11 +139,19 @@ class TDMPCWorldModel(nn.Module):
         """(..., stack, D) embeddings or (..., stack, 3, 64, 64) frames -> (..., latent)."""
         return self.encoder(obs if self.pixels else obs.flatten(-2))
 
+    def model_action(self, action: torch.Tensor) -> torch.Tensor:
+        """What the heads see of an action vector: itself, or for discrete envs the one-hot of its
+        argmax (what the env executes and the data holds), with straight-through gradients."""
+        if not self.discrete_actions:
+            return action
+        one_hot = F.one_hot(action.argmax(-1), self.action_dim).to(action.dtype)
+        return one_hot + action - action.detach()
+
     def next(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.dynamics(torch.cat([z, action], -1))
+        return self.dynamics(torch.cat([z, self.model_action(action)], -1))
 
     def reward_logits(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.reward_head(torch.cat([z, action], -1))
+        return self.reward_head(torch.cat([z, self.model_action(action)], -1))
 
     def predicted_reward(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return symexp(two_hot_decode(F.softmax(self.reward_logits(z, action), -1), self.bins))
@@ -151,7 +169,7 @@ class TDMPCWorldModel(nn.Module):
 
     def q_value(self, z: torch.Tensor, action: torch.Tensor, target: bool = False, reduce: str = "min") -> torch.Tensor:
         """Two randomly chosen ensemble members, decoded; their min (for targets) or mean."""
-        logits = (self.target_q if target else self.q)(torch.cat([z, action], -1))
+        logits = (self.target_q if target else self.q)(torch.cat([z, self.model_action(action)], -1))
         pair = torch.randperm(self.cfg.num_q, device=z.device)[:2]
         values = symexp(two_hot_decode(F.softmax(logits[pair], -1), self.bins))
         return values.min(0).values if reduce == "min" else values.mean(0)

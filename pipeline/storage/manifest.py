@@ -44,6 +44,7 @@ class TrajectoryManifest(BaseModel):
     frame_size: int
     image_format: str
     action_dim: int
+    action_space: Literal["box", "discrete"] = "box"   # discrete actions are stored one-hot
     action_repeat: int
     state_keys: dict[str, int]
     episodes: int

@@ -59,7 +59,7 @@ def summarize(manifest: TrajectoryManifest) -> dict[str, Any]:
         "frames": manifest.frames,
         "episode_length": f"{lengths.min()}-{lengths.max()} steps (mean {lengths.mean():.1f})",
         "frame": f"{manifest.frame_size}x{manifest.frame_size} RGB, {manifest.image_format}",
-        "action": f"{manifest.action_dim}-d, repeat {manifest.action_repeat}",
+        "action": f"{manifest.action_dim}-d {manifest.action_space}, repeat {manifest.action_repeat}",
         "state": ", ".join(f"{k}[{n}]" for k, n in manifest.state_keys.items()),
         "return": (f"mean {returns.mean():.2f}, std {returns.std():.2f}, "
                    f"min {returns.min():.2f}, max {returns.max():.2f}"),
