@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from pipeline.errors import UserError
 
@@ -36,7 +36,7 @@ class CollectConfig(StrictConfig):
     jpeg_quality: int = Field(95, ge=90, le=100)
     max_steps: int | None = Field(None, gt=0, description="cap on agent steps per episode")
     action_repeat: int | None = Field(None, gt=0, description="default: the env's own")
-    camera: int | None = Field(None, ge=0, description="default: the env's own")
+    camera: NonNegativeInt | str | None = Field(None, description="camera id or name; default: the env's own")
     fast_render: bool = False
     policy: str = "random"
     workers: int = Field(1, gt=0, description="env processes; does not change the bytes written")

@@ -44,7 +44,8 @@ def cli() -> None:
 @click.option("--jpeg-quality", type=int, help="JPEG quality, 90-100.")
 @click.option("--max-steps", type=int, help="Cap on agent steps per episode.")
 @click.option("--action-repeat", type=int, help="Override the env's action repeat.")
-@click.option("--camera", type=int, help="Override the env's camera id.")
+@click.option("--camera", callback=lambda _ctx, _param, value: int(value) if value and value.isdigit() else value,
+              help="Override the env's camera: an id (DMC) or a name (ManiSkill: hand_camera, base_camera).")
 @click.option("--fast-render/--no-fast-render", default=None,
               help="DMC: no shadows/reflections (faster, different images).")
 @click.option("--policy", help="Behaviour policy: random, or package.module:factory.")

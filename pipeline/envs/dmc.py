@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.envs.registry import EnvEntry, register
 from pipeline.envs.variants import TRAIN, random_colors, variant_rng
+from pipeline.errors import UserError
 
 VARIANTS = (TRAIN, "agent_color", "floor_color", "lighting", "camera", "texture")
 DEFAULT_ACTION_REPEAT = 2
@@ -39,7 +40,7 @@ class DMCEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
-                 action_repeat: int | None = None, camera: int | None = None, fast_render: bool = False):
+                 action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False):
         os.environ.setdefault("MUJOCO_GL", "egl")
         from dm_control import suite
 
@@ -48,7 +49,7 @@ class DMCEnv(gymnasium.Env):
         self._env = suite.load(domain, task_name.replace("-", "_"), task_kwargs={"random": 0})
         self.frame_size = frame_size
         self.action_repeat = action_repeat or DEFAULT_ACTION_REPEAT
-        self.camera = _CAMERA.get(domain, 0) if camera is None else camera
+        self.camera = _camera_id(self._env.physics.model, task, _CAMERA.get(domain, 0) if camera is None else camera)
         # Shadows and reflections off render ~3.5x faster but change the images: opt-in only.
         self._render_flags = {"shadow": False, "reflection": False} if fast_render else None
 
@@ -118,6 +119,17 @@ def apply_variant(physics, variant: str, seed: int, camera: int) -> None:
         _replace_textures(physics, rng)
     else:
         raise ValueError(f"DMC has no variant {variant!r}")
+
+
+def _camera_id(model, task: str, camera: int | str) -> int:
+    """A camera index or name -> its index; anything else is a UserError naming the valid ones."""
+    names = [model.id2name(i, "camera") for i in range(model.ncam)]
+    if isinstance(camera, int) and 0 <= camera < model.ncam:
+        return camera
+    if camera in names:
+        return names.index(camera)
+    raise UserError(f"dmc/{task} has no camera {camera!r}; its cameras: "
+                    f"{', '.join(f'{i} ({name})' for i, name in enumerate(names))}")
 
 
 def _floor_geom(model) -> int:

@@ -64,4 +64,4 @@ def make_env(env_id: str, variant: str = "train", variant_seed: int = 0, **optio
 
 def _load_suites() -> None:
     # Importing a suite's registration module is cheap: simulators load only in make_env.
-    from pipeline.envs import dmc, toy  # noqa: F401
+    from pipeline.envs import dmc, maniskill, maniskill2, miniworld, toy  # noqa: F401

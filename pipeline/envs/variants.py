@@ -19,6 +19,11 @@ DESCRIPTIONS = {
     "lighting": "light colour and intensity changed",
     "camera": "camera field of view and position shifted",
     "texture": "skybox and floor textures replaced by random patterns",
+    "wall_texture": "wall textures swapped for other texture families of the suite",
+    "floor_texture": "floor and ceiling textures swapped for other texture families of the suite",
+    "sky_color": "sky colour replaced",
+    "object_color": "object colours swapped for other colours of the suite",
+    "table_color": "table colour replaced (its texture removed)",
 }
 
 

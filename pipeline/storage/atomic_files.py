@@ -23,4 +23,5 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Keys keep their order: some orders carry meaning (a manifest's `state_keys` lay out `state.npy`)."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
