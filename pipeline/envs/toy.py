@@ -17,7 +17,7 @@ from pipeline.envs.variants import TRAIN, random_colors, variant_rng
 
 VARIANTS = (TRAIN, "agent_color", "floor_color", "lighting", "camera")
 EPISODE_STEPS = 100
-_AGENT_RADIUS, _GOAL_RADIUS = 0.08, 0.12
+_AGENT_RADIUS, _GOAL_RADIUS = 0.15, 0.2
 
 register(EnvEntry(id="toy/pointmass-reach", suite="toy", variants=VARIANTS,
                   factory="pipeline.envs.toy:PointMassReach",
