@@ -142,6 +142,48 @@ class EvaluateModelConfig(StrictConfig):
     device: str = "cpu"
 
 
+class FinetuneConfig(StrictConfig):
+    """`pvr-pipe finetune`: learn online in the env, from an offline run (or from nothing)."""
+
+    run: Path | None = Field(None, description="offline run made by `pvr-pipe train` to start from")
+    store: str | None = Field(None, description="without --run: the store that fixes encoder, env and offline data")
+    world_model: Literal["dreamer", "tdmpc"] = Field("dreamer", description="without --run: which agent")
+    preset: Literal["xs", "s", "m", "l"] = Field("s", description="without --run: its size")
+    settings: dict[str, Any] = Field(default_factory=dict, description="without --run: settings over the preset")
+    seed: int = Field(0, ge=0)
+    out: Path | None = Field(None, description="default: <run>/finetune, or .../seed<k>/scratch without --run")
+    env_steps: int = Field(5000, gt=0, description="agent steps in the env, in total")
+    num_envs: int = Field(1, gt=0, description="envs stepped in parallel, one episode each per round")
+    train_ratio: float | None = Field(None, ge=0, description="gradient updates per agent step; default: "
+                                                              "dreamer 0.5 (DreamerV3's 512 at batch 16 x 64), tdmpc 1")
+    offline_fraction: float = Field(0.5, ge=0, le=1, description="share of each batch from the offline store")
+    seed_steps: int = Field(0, ge=0, description="agent steps of random actions before the agent acts")
+    max_steps: int | None = Field(None, gt=0, description="cap on agent steps per episode; default: the dataset's")
+    eval_every: int = Field(1000, gt=0, description="agent steps between evaluations (at episode ends)")
+    eval_episodes: int = Field(2, gt=0, description="episodes per evaluation, on the training look")
+    checkpoint_every: int = Field(1, gt=0, description="rounds of episodes between checkpoints")
+    weights: Path | None = Field(None, description="the encoder's weights file, if not where encode found it")
+    device: str = "cpu"
+    threads: int | None = Field(None, gt=0, description="torch threads")
+
+
+class EvaluateConfig(StrictConfig):
+    """`pvr-pipe evaluate`: returns of an agent on the training look and on OOD looks."""
+
+    run: Path | None = Field(None, description="fine-tuned agent (`pvr-pipe finetune`) or offline tdmpc run")
+    variants: list[str] = Field(default_factory=list, description="looks to play; default: train + every OOD look")
+    episodes: int = Field(5, gt=0, description="episodes per look")
+    seed: int = Field(0, ge=0, description="seed of the evaluation episodes")
+    num_envs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="cap on agent steps per episode; default: the dataset's")
+    context: int = Field(5, gt=0, description="dreamer: frames observed before open-loop prediction")
+    horizon: int | None = Field(None, gt=0, description="open-loop steps; default 500 dreamer, 33 tdmpc")
+    out: Path | None = Field(None, description="default: <run>/evaluation")
+    weights: Path | None = Field(None, description="the encoder's weights file, if not where encode found it")
+    device: str = "cpu"
+    threads: int | None = Field(None, gt=0, description="torch threads")
+
+
 class ReportConfig(StrictConfig):
     """`pvr-pipe report`: tables and figures over every run's model-quality metrics."""
 

@@ -16,8 +16,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import (CollectConfig, EncodeConfig, EvaluateModelConfig, ReportConfig, TrainConfig,
-                             load_config)
+from pipeline.config import (CollectConfig, EncodeConfig, EvaluateConfig, EvaluateModelConfig, FinetuneConfig,
+                             ReportConfig, TrainConfig, load_config)
 from pipeline.errors import UserError
 
 CONFIG_HELP = ("YAML file, or FILE:SECTION (e.g. params.yaml:collect), giving options; repeat to "
@@ -140,6 +140,61 @@ def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **opti
 
     cfg = load_config(EvaluateModelConfig, config_refs, options | {"stores": list(stores) or None})
     click.echo(evaluate_model_stage.run(cfg))
+
+
+@cli.command()
+@click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
+@click.option("--run", type=click.Path(path_type=Path), help="Offline run (`pvr-pipe train`) to start from.")
+@click.option("--store", help="Without --run: the store that fixes encoder, env and offline data (from scratch).")
+@click.option("--world-model", help="Without --run: dreamer or tdmpc.")
+@click.option("--preset", help="Without --run: size xs, s, m, l.")
+@click.option("--set", "settings", metavar="KEY=VALUE", multiple=True, help="Without --run: setting over the preset.")
+@click.option("--seed", type=int, help="Seed of the agent, its episodes and batches.")
+@click.option("--out", type=click.Path(path_type=Path), help="Directory; default <run>/finetune.")
+@click.option("--env-steps", type=int, help="Agent steps in the env, in total.")
+@click.option("--num-envs", type=int, help="Envs stepped in parallel (one process each).")
+@click.option("--train-ratio", type=float, help="Gradient updates per agent step (default: dreamer 0.5, tdmpc 1).")
+@click.option("--offline-fraction", type=float, help="Share of each batch from the offline store (0: online only).")
+@click.option("--seed-steps", type=int, help="Random-action steps before the agent acts.")
+@click.option("--max-steps", type=int, help="Cap on agent steps per episode (default: the dataset's).")
+@click.option("--eval-every", type=int, help="Agent steps between evaluations.")
+@click.option("--eval-episodes", type=int, help="Episodes per evaluation.")
+@click.option("--checkpoint-every", type=int, help="Rounds of episodes between checkpoints.")
+@click.option("--weights", type=click.Path(path_type=Path), help="The encoder's weights file.")
+@click.option("--device", help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, help="torch threads.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def finetune(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, **options) -> None:
+    """Learn online with the frozen PVR in the loop, from an offline run or from nothing; resumable."""
+    from stages import finetune as finetune_stage
+
+    given = parse_settings(settings)
+    cfg = load_config(FinetuneConfig, config_refs, options)
+    if given:
+        cfg = cfg.model_copy(update={"settings": {**cfg.settings, **given}})
+    click.echo(finetune_stage.run(cfg, show_progress=not quiet))
+
+
+@cli.command()
+@click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
+@click.option("--run", type=click.Path(path_type=Path), help="Fine-tuned agent directory (or an offline tdmpc run).")
+@click.option("--variant", "variants", multiple=True, help="Look to play (repeatable); default: train + every OOD look.")
+@click.option("--episodes", type=int, help="Episodes per look.")
+@click.option("--seed", type=int, help="Seed of the evaluation episodes.")
+@click.option("--num-envs", type=int, help="Envs stepped in parallel.")
+@click.option("--max-steps", type=int, help="Cap on agent steps per episode (default: the dataset's).")
+@click.option("--context", type=int, help="dreamer: frames observed before open-loop prediction.")
+@click.option("--horizon", type=int, help="Open-loop prediction steps.")
+@click.option("--out", type=click.Path(path_type=Path), help="Directory; default <run>/evaluation.")
+@click.option("--weights", type=click.Path(path_type=Path), help="The encoder's weights file.")
+@click.option("--device", help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, help="torch threads.")
+def evaluate(config_refs: tuple[str, ...], variants: tuple[str, ...], **options) -> None:
+    """Returns on the training look and OOD looks, normalised OOD score, model errors on the played episodes."""
+    from stages import evaluate as evaluate_stage
+
+    cfg = load_config(EvaluateConfig, config_refs, options | {"variants": list(variants) or None})
+    click.echo(evaluate_stage.run(cfg))
 
 
 @cli.command()

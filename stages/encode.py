@@ -203,7 +203,7 @@ def run(cfg: EncodeConfig, show_progress: bool = True) -> str:
             attrs={**identity, **provenance, "identity": identity, "source_dataset": dataset,
                    "env": manifest.env, "variant": manifest.variant, "variant_seed": manifest.variant_seed,
                    "frame_size": manifest.frame_size, "image_format": manifest.image_format,
-                   "action_space": manifest.action_space,
+                   "action_space": manifest.action_space, "collect_config": manifest.config,
                    "encode_config": cfg.model_dump(mode="json", exclude={"out", "workers", "scheduler", "threads"}),
                    "pipeline_version": __version__, "code_version": code_version()})
     spans = episode_spans(manifest)

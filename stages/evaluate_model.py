@@ -29,14 +29,14 @@ from pipeline.errors import UserError
 from pipeline.provenance import code_version
 from pipeline.storage.atomic_files import write_bytes_atomic, write_json_atomic
 from pipeline.storage.embedding_store import read_store
-from stages.train import CHECKPOINT, RUN_FILE, arrays_sha256
+from pipeline.storage.runs import CHECKPOINT, QUALITY_DIR, RUN_FILE
+from stages.train import arrays_sha256
 from world_models.checkpoint import load_checkpoint, restore_model
 from world_models.replay import Replay
 
 DEFAULT_HORIZON = {"dreamer": 500, "tdmpc": 33}
 METRIC_NAME = {"dreamer": "symmetric_kl", "tdmpc": "latent_mse"}
 WINDOW_BATCH = 32
-QUALITY_DIR = "quality"
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "prediction_error.tsv"
 
@@ -83,8 +83,8 @@ def run(cfg: EvaluateModelConfig) -> Path:
     curves = {}
     for variant, (episodes, store, replay) in scored.items():
         torch.manual_seed(0)
-        curve = _prediction_error(model, replay, context, horizon, cfg.device)
-        rewards = _reward_and_reconstruction(model, replay, cfg.device)
+        curve = prediction_error_curve(model, replay, context, horizon, cfg.device)
+        rewards = reward_and_reconstruction(model, replay, cfg.device)
         probe = probe_r2(fit.obs.numpy(), fit.state, fit_groups, replay.obs.numpy(), replay.state)
         curves[variant] = curve
         metrics[variant] = {
@@ -130,7 +130,7 @@ def _check_same_encoder(run_info: dict, attrs: dict, store: str) -> None:
         raise UserError(f"store '{store}' holds {attrs['env']} but the run was trained on {run_info['env']}")
 
 
-def _prediction_error(model, replay: Replay, context: int, horizon: int, device: str) -> dict[str, np.ndarray]:
+def prediction_error_curve(model, replay: Replay, context: int, horizon: int, device: str) -> dict[str, np.ndarray]:
     """Mean over windows of the per-step open-loop error; windows tile each episode."""
     length = context + horizon
     starts = torch.from_numpy(replay.window_starts(length, stride=horizon))
@@ -143,7 +143,7 @@ def _prediction_error(model, replay: Replay, context: int, horizon: int, device:
     return {key: value / len(starts) for key, value in sums.items()}
 
 
-def _reward_and_reconstruction(model, replay: Replay, device: str) -> dict:
+def reward_and_reconstruction(model, replay: Replay, device: str) -> dict:
     """One whole episode at a time; frame 0 carries no reward (RLDS) and is left out."""
     predicted, actual, reconstruction = [], [], []
     for start, end in zip(replay.episode_start, replay.episode_end):

@@ -1,12 +1,13 @@
 """`pvr-pipe report`: the study's tables and figures from every run's metrics.
 
 Reads `<runs>/**/quality/metrics.json` (written by `pvr-pipe evaluate-model`) and the
-prediction-error curves beside them, and writes to `<out>/`: `report.md` and `report.html`
-(same content), PNG figures, and `results.csv` (one row per run and variant). Aggregates over
-seeds are interquartile means with 95% percentile-bootstrap confidence intervals (as rliable), per
-encoder and world model and, as the paper does, per PVR property (ViT vs CNN, data diversity,
-video, language). Each section is a function returning Markdown; later stages (online returns)
-add theirs to SECTIONS.
+prediction-error curves beside them, and, where agents were fine-tuned, their learning curves
+(`finetune/live/plots/metrics/eval/return.tsv`) and returns per look (`finetune/evaluation/
+metrics.json`). Writes to `<out>/`: `report.md` and `report.html` (same content), PNG figures,
+`results.csv` (one row per run and variant) and `returns.csv` (one row per agent and look).
+Aggregates over seeds are interquartile means with 95% percentile-bootstrap confidence intervals
+(as rliable), per encoder and world model and, as the paper does, per PVR property (ViT vs CNN,
+data diversity, video, language). Each section is a function returning Markdown.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pipeline.config import ReportConfig  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.provenance import code_version  # noqa: E402
 from pipeline.storage.atomic_files import write_bytes_atomic  # noqa: E402
+from pipeline.storage.runs import EVALUATION_DIR, FINETUNE_DIR, FINETUNE_FILE, LIVE_DIR, read_yaml  # noqa: E402
 
 METRICS = {  # column -> (label, higher is better)
     "prediction_error": ("open-loop prediction error", False),
@@ -43,6 +45,14 @@ PROPERTIES = {"architecture": "architecture", "data_diversity": "training-data d
 
 
 @dataclass
+class Online:
+    """Fine-tuned agents: learning curves and returns per look."""
+    curves: dict[tuple, tuple[np.ndarray, np.ndarray]]   # (encoder, world_model, seed) -> agent steps, eval return
+    random_return: dict[tuple, float]                    # (encoder, world_model, seed) -> random policy's return
+    rows: list[dict]                                     # one per agent x look (pvr-pipe evaluate)
+
+
+@dataclass
 class Study:
     rows: list[dict]                     # one per run x variant
     curves: dict[tuple, np.ndarray]      # (encoder, world_model, seed, variant) -> error per horizon step
@@ -50,6 +60,7 @@ class Study:
     train_variant: str
     reps: int
     seed: int
+    online: Online
 
     def encoders(self) -> list[str]:
         return sorted({r["encoder"] for r in self.rows}, key=lambda e: (e != "pixels", e))
@@ -90,7 +101,32 @@ def load_study(runs: Path, reps: int, seed: int) -> Study:
     if len(train_variants) > 1:
         raise UserError(f"runs under '{runs}' were trained on different looks {sorted(train_variants)}; "
                         f"report each study separately")
-    return Study(rows, curves, metric_names, train_variants.pop(), reps, seed)
+    return Study(rows, curves, metric_names, train_variants.pop(), reps, seed, load_online(runs))
+
+
+def load_online(runs: Path) -> Online:
+    curves, random_return, rows = {}, {}, []
+    for info_path in sorted(runs.rglob(f"{FINETUNE_DIR}/{FINETUNE_FILE}")):
+        info = read_yaml(info_path)
+        identity = info["identity"]
+        key = (info["encoder"], identity["world_model"], identity["seed"])
+        table = info_path.parent / LIVE_DIR / "plots/metrics/eval/return.tsv"
+        if table.is_file():
+            curve = _read_tsv(table)
+            curves[key] = (curve["step"], curve["return"])
+        random_return[key] = info["random_return"]
+        evaluation = info_path.parent / EVALUATION_DIR / "metrics.json"
+        if not evaluation.is_file():
+            continue
+        metrics = json.loads(evaluation.read_text())
+        about, floor = metrics.pop("about"), metrics.pop("random")
+        for variant, m in metrics.items():
+            rows.append({"encoder": key[0], "world_model": key[1], "seed": key[2], "variant": variant,
+                         "train_variant": about["train_variant"], "env": about["env"],
+                         **{p: str(about["encoder_properties"].get(p)) for p in PROPERTIES},
+                         "return": m["return_mean"], "return_std": m["return_std"], "random_return": floor["return_mean"],
+                         "ood_score": m["ood_score"], "ood_score_above_random": m["ood_score_above_random"]})
+    return Online(curves, random_return, rows)
 
 
 def _read_tsv(path: Path) -> dict[str, np.ndarray]:
@@ -271,9 +307,118 @@ def section_properties(study: Study, out: Path) -> str:
             + "\n\n".join(parts) + "\n\n![by property](properties.png)")
 
 
+def _mean_with_ci(values: np.ndarray, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of (runs, steps): the mean over runs and its 95% percentile-bootstrap CI."""
+    mean = values.mean(0)
+    if len(values) == 1:
+        return mean, mean, mean
+    draws = np.random.default_rng(seed).integers(len(values), size=(reps, len(values)))
+    means = values[draws].mean(1)
+    return mean, np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+
+
+def section_learning_curves(study: Study, out: Path) -> str:
+    online = study.online
+    if not online.curves:
+        return "No agents were fine-tuned (`pvr-pipe finetune`)."
+    world_models = sorted({key[1] for key in online.curves})
+    encoders = [e for e in study.encoders() if any(key[0] == e for key in online.curves)]
+    fig, axes = plt.subplots(1, len(world_models), figsize=(6 * len(world_models), 4.2), squeeze=False)
+    rows = []
+    for ax, wm in zip(axes[0], world_models):
+        for encoder in encoders:
+            runs = [online.curves[key] for key in sorted(online.curves) if key[:2] == (encoder, wm)]
+            length = min(len(steps) for steps, _ in runs)
+            steps, returns = runs[0][0][:length], np.stack([r[:length] for _, r in runs])
+            mean, low, high = _mean_with_ci(returns, study.reps, study.seed)
+            line, = ax.plot(steps, mean, marker="o", ms=3, label=encoder)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+            final = iqm_with_ci(returns[:, -1].tolist(), study.reps, study.seed)
+            rows.append([encoder, wm, str(len(runs)), f"{int(steps[-1])}", _format(final, len(runs))])
+        floor = np.mean([v for key, v in online.random_return.items() if key[1] == wm])
+        ax.axhline(floor, color="black", ls="--", lw=1, label="random policy")
+        ax.set_title(f"{wm}: return while fine-tuning (training look)")
+        ax.set_xlabel("agent steps online")
+        ax.set_ylabel("evaluation return")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, out / "learning_curves.png")
+    floor = np.mean(list(online.random_return.values()))
+    return (_table(["encoder", "world model", "seeds", "agent steps", "final return (IQM [95% CI])"], rows)
+            + f"\n\nRandom policy on the same evaluation episodes: {floor:.3g}.\n\n"
+              "![learning curves](learning_curves.png)\n\nLines: mean over seeds; bands: 95% bootstrap CI of the "
+              "mean; step 0 is the offline checkpoint before any online step.")
+
+
+def _format(cell: tuple[float, float, float], count: int) -> str:
+    return f"{cell[0]:.3g} [{cell[1]:.3g}, {cell[2]:.3g}]" if count > 1 else f"{cell[0]:.3g}"
+
+
+def _aggregate_rows(study: Study, rows: list[dict], metric: str) -> tuple[float, float, float]:
+    values = [r[metric] for r in rows if r[metric] is not None]
+    return iqm_with_ci(values, study.reps, study.seed) if values else (np.nan, np.nan, np.nan)
+
+
+def section_returns(study: Study, out: Path) -> str:
+    rows = study.online.rows
+    if not rows:
+        return "No fine-tuned agents were evaluated (`pvr-pipe evaluate`)."
+    train_variant = rows[0]["train_variant"]
+    variants = [train_variant] + sorted({r["variant"] for r in rows} - {train_variant})
+    encoders = [e for e in study.encoders() if any(r["encoder"] == e for r in rows)]
+    world_models = sorted({r["world_model"] for r in rows})
+
+    def select(**match) -> list[dict]:
+        return [r for r in rows if all(r[k] == v for k, v in match.items())]
+
+    fig, axes = plt.subplots(1, len(world_models), figsize=(6 * len(world_models), 4.2), squeeze=False)
+    for ax, wm in zip(axes[0], world_models):
+        _bars(ax, encoders, {v: [_aggregate_rows(study, select(encoder=e, world_model=wm, variant=v), "return")
+                                 for e in encoders] for v in variants}, "return (IQM over seeds)")
+        ax.axhline(np.mean([r["random_return"] for r in select(world_model=wm)]), color="black", ls="--", lw=1,
+                   label="random policy")
+        ax.set_title(f"{wm}: returns per look")
+        ax.legend()
+    _save(fig, out / "returns_ood.png")
+    header = ["encoder", "world model", *(f"return on {v}" for v in variants),
+              *(f"OOD score {v} / {train_variant}" for v in variants[1:])]
+    table = [[e, wm, *(_format(_aggregate_rows(study, select(encoder=e, world_model=wm, variant=v), "return"),
+                               len(select(encoder=e, world_model=wm, variant=v))) for v in variants),
+              *(_format(_aggregate_rows(study, select(encoder=e, world_model=wm, variant=v), "ood_score"),
+                        len(select(encoder=e, world_model=wm, variant=v))) for v in variants[1:])]
+             for wm in world_models for e in encoders]
+    return (_table(header, table) + "\n\nOOD score: mean return on the look / mean return on the training look, per "
+            "agent (the paper's normalised OOD performance); every look is played from the same start states.\n\n"
+            "![returns per look](returns_ood.png)")
+
+
+def section_returns_by_property(study: Study, out: Path) -> str:
+    rows = study.online.rows
+    if not rows:
+        return "No fine-tuned agents were evaluated."
+    train_variant = rows[0]["train_variant"]
+    parts = []
+    for prop, label in PROPERTIES.items():
+        groups = sorted({r[prop] for r in rows})
+        if len(groups) < 2:
+            continue
+        table = []
+        for wm in sorted({r["world_model"] for r in rows}):
+            for g in groups:
+                train = [r for r in rows if r[prop] == g and r["world_model"] == wm and r["variant"] == train_variant]
+                ood = [r for r in rows if r[prop] == g and r["world_model"] == wm and r["variant"] != train_variant]
+                table.append([g, wm, _format(_aggregate_rows(study, train, "return"), len(train)),
+                              _format(_aggregate_rows(study, ood, "ood_score"), len(ood))])
+        parts.append(f"**By {label}**\n\n" + _table([label, "world model", f"return on {train_variant}",
+                                                      "OOD score (all OOD looks)"], table))
+    return "\n\n".join(parts) if parts else "All evaluated encoders share the same properties; nothing to group."
+
+
 SECTIONS = [("Study", section_overview), ("World-model quality (held-out episodes, training look)", section_model_quality),
             ("Training look vs OOD looks", section_ood), ("Linear probe of the state", section_probe),
-            ("By PVR property", section_properties)]
+            ("By PVR property", section_properties), ("Online fine-tuning: learning curves", section_learning_curves),
+            ("Online returns in and out of distribution", section_returns),
+            ("Online returns by PVR property", section_returns_by_property)]
 
 
 def _save(fig, path: Path) -> None:
@@ -292,10 +437,12 @@ def run(cfg: ReportConfig) -> Path:
     markdown_text = "\n\n".join(body) + "\n"
     write_bytes_atomic(cfg.out / "report.md", markdown_text.encode())
     write_bytes_atomic(cfg.out / "report.html", _html(markdown_text).encode())
-    with open(cfg.out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(study.rows[0]))
-        writer.writeheader()
-        writer.writerows(study.rows)
+    for name, rows in (("results.csv", study.rows), ("returns.csv", study.online.rows)):
+        if rows:
+            with open(cfg.out / name, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
     return cfg.out
 
 

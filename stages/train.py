@@ -26,14 +26,12 @@ from pipeline.errors import UserError
 from pipeline.provenance import code_version
 from pipeline.storage.atomic_files import write_bytes_atomic
 from pipeline.storage.embedding_store import read_store
+from pipeline.storage.runs import CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE
 from world_models.checkpoint import load_checkpoint, restore_training, save_checkpoint
 from world_models.registry import make_world_model, world_model_config
 from world_models.replay import Replay, split_episodes
 from world_models.tdmpc import heuristic_discount
 
-CHECKPOINT = "checkpoint.pt"
-RUN_FILE = "run.yaml"
-LIVE_DIR = "live"
 
 
 def default_out(cfg: TrainConfig, attrs: dict) -> Path:
@@ -95,7 +93,7 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
                 "code_version": code_version()}
     write_bytes_atomic(out / RUN_FILE, yaml.safe_dump(run_info, sort_keys=False).encode())
 
-    live = _open_live(out / LIVE_DIR, resume_from=start)
+    live = open_live(out / LIVE_DIR, resume_from=start)
     sums: dict[str, float] = defaultdict(float)
     window_start, count = time.perf_counter(), 0
     columns = (TextColumn(f"train {cfg.world_model} on {attrs['encoder']}"), BarColumn(), MofNCompleteColumn(),
@@ -129,8 +127,8 @@ def _check_run_dir(out: Path, identity: dict) -> None:
         raise UserError(f"output '{out}' exists and is a file; choose another --out")
     run_file = out / RUN_FILE
     if not run_file.exists():
-        # live/ and quality/ may outlive run.yaml: DVC removes a stage's own outputs before rerunning it.
-        if out.exists() and any(p.name not in (LIVE_DIR, "quality") for p in out.iterdir()):
+        # Later stages' folders may outlive run.yaml: DVC removes a stage's own outputs before rerunning it.
+        if out.exists() and any(p.name not in (LIVE_DIR, QUALITY_DIR, FINETUNE_DIR) for p in out.iterdir()):
             raise UserError(f"output '{out}' holds files that are not a pvr-pipe run; choose another --out")
         return
     existing = (yaml.safe_load(run_file.read_text()) or {}).get("identity", {})
@@ -139,7 +137,7 @@ def _check_run_dir(out: Path, identity: dict) -> None:
         raise UserError(f"'{out}' holds a run with a different {changed}; choose another --out or remove it first")
 
 
-def _open_live(directory: Path, resume_from: int):
+def open_live(directory: Path, resume_from: int):
     """dvclive logger; on resume, drops rows logged after the checkpoint (they will be logged again)."""
     from dvclive import Live
 

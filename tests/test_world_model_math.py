@@ -54,12 +54,17 @@ def test_simnorm_groups_sum_to_one():
 
 
 def test_mlp_and_ensemble_shapes_and_independent_members():
-    from world_models.layers import Ensemble, mlp
+    from world_models.layers import EnsembleMLP, mlp
 
     torch.manual_seed(0)
     net = mlp(12, [32, 32], 5, dropout=0.01)
     assert net(torch.randn(7, 12)).shape == (7, 5)
-    q = Ensemble(lambda: mlp(12, [16], 1), count=5)
-    out = q(torch.randn(3, 12))
-    assert out.shape == (5, 3, 1)
+    q = EnsembleMLP(5, 12, [16], 1)
+    x = torch.randn(3, 4, 12)
+    out = q(x)
+    assert out.shape == (5, 3, 4, 1)
     assert not torch.allclose(out[0], out[1])  # members are initialised independently
+    # Member k is the plain MLP with member k's weights: Linear -> LayerNorm -> Mish -> Linear.
+    linear, norm, out_layer = q.hidden[0], q.hidden[1], q.output
+    hidden = F.mish(F.layer_norm(x @ linear.weight[2] + linear.bias[2], (16,)) * norm.weight[2] + norm.bias[2])
+    torch.testing.assert_close(out[2], hidden @ out_layer.weight[2] + out_layer.bias[2])

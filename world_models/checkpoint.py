@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.storage.atomic_files import write_bytes_atomic
-from world_models.registry import make_world_model
+from world_models.registry import make_agent, make_world_model
 
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], update: int,
@@ -23,6 +23,28 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizers: dict[str, torch
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}}, buffer)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_agent_checkpoint(path: Path, *, agent: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                          rng: np.random.Generator, spec: dict[str, Any], progress: dict[str, Any],
+                          store_attrs: dict[str, Any]) -> None:
+    """A fine-tuned agent: weights, optimiser and RNG states, counters, and the provenance of the
+    store whose encoder it sees through (so it can act without anything else)."""
+    buffer = io.BytesIO()
+    torch.save({"spec": spec, "agent": agent.state_dict(), "progress": progress, "store_attrs": store_attrs,
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def restore_agent(checkpoint: dict[str, Any], device: str = "cpu") -> nn.Module:
+    """The agent of a fine-tune checkpoint, ready to act."""
+    spec = checkpoint["spec"]
+    world_model = make_world_model(spec["world_model"], spec["config"], spec["feature"], spec["feature_shape"],
+                                   spec["action_dim"], spec.get("discrete_actions", False))
+    agent = make_agent(world_model)
+    agent.load_state_dict(checkpoint["agent"])
+    return agent.to(device)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

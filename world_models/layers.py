@@ -1,10 +1,11 @@
-"""Small layers shared by the world models: LayerNorm MLP blocks and ensembles."""
+"""Small layers shared by the world models: LayerNorm MLP blocks and vectorised ensembles of them."""
 
 from __future__ import annotations
 
-from typing import Callable
+import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,12 +33,48 @@ def mlp(in_features: int, hidden: list[int], out_features: int, output_activatio
     return nn.Sequential(*blocks)
 
 
-class Ensemble(nn.Module):
-    """`count` independently initialised copies of a module; outputs stacked on a new first axis."""
+class EnsembleLinear(nn.Module):
+    """`count` independent linear layers in one batched matmul: (count, N, in) -> (count, N, out).
+    Initialised as `nn.Linear` initialises each of them."""
 
-    def __init__(self, make: Callable[[], nn.Module], count: int):
+    def __init__(self, count: int, in_features: int, out_features: int):
         super().__init__()
-        self.members = nn.ModuleList(make() for _ in range(count))
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(count, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(count, 1, out_features).uniform_(-bound, bound))
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(*args) for member in self.members])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    def __init__(self, count: int, features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(count, 1, features))
+        self.bias = nn.Parameter(torch.zeros(count, 1, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class EnsembleMLP(nn.Module):
+    """`count` independently initialised copies of `mlp(in, hidden, out)`, evaluated together on a
+    shared input (as TD-MPC2 vectorises its Q-functions): (..., in) -> (count, ..., out)."""
+
+    def __init__(self, count: int, in_features: int, hidden: list[int], out_features: int, dropout: float = 0.0):
+        super().__init__()
+        self.count = count
+        widths = [in_features, *hidden]
+        blocks: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            blocks.append(EnsembleLinear(count, a, b))
+            if dropout and i == 0:
+                blocks.append(nn.Dropout(dropout))
+            blocks += [EnsembleLayerNorm(count, b), nn.Mish()]
+        self.hidden = nn.Sequential(*blocks)
+        self.output = EnsembleLinear(count, widths[-1], out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(1, -1, x.shape[-1]).expand(self.count, -1, -1)
+        return self.output(self.hidden(x)).reshape(self.count, *lead, -1)

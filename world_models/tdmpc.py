@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_models.layers import Ensemble, mlp
+from world_models.layers import EnsembleMLP, mlp
 from world_models.math import simnorm, soft_cross_entropy, symexp, symlog, tdmpc_bins, two_hot, two_hot_decode
 
 
@@ -65,9 +65,11 @@ class TDMPCConfig:
 
 
 # TD-MPC2's model sizes (nicklashansen/tdmpc2 common/__init__.py): s = 1M, m = 5M (its default),
-# l = 19M parameters; xs is for tests.
+# l = 19M parameters, all planning as TD-MPC2 does; xs is for tests and CPU smoke runs, and plans
+# with half the samples and fewer iterations.
 PRESETS = {
-    "xs": TDMPCConfig(latent_dim=64, enc_dim=64, mlp_dim=64, batch_size=64),
+    "xs": TDMPCConfig(latent_dim=64, enc_dim=64, mlp_dim=64, batch_size=64, mpc_iterations=4, num_samples=256,
+                      num_elites=32, num_pi_trajs=12),
     "s": TDMPCConfig(latent_dim=128, enc_dim=256, mlp_dim=384, num_q=2),
     "m": TDMPCConfig(),
     "l": TDMPCConfig(latent_dim=768, enc_dim=1024, mlp_dim=1024, num_enc_layers=3),
@@ -125,10 +127,10 @@ class TDMPCWorldModel(nn.Module):
         self.dynamics = mlp(latent + action_dim, hidden, latent, SimNorm(cfg.simnorm_dim))
         self.reward_head = mlp(latent + action_dim, hidden, 101)
         self.policy = mlp(latent, hidden, 2 * action_dim)
-        self.q = Ensemble(lambda: mlp(latent + action_dim, hidden, 101, dropout=cfg.dropout), cfg.num_q)
-        for head in (self.reward_head, *self.q.members):
-            nn.init.zeros_(head[-1].weight)
-            nn.init.zeros_(head[-1].bias)
+        self.q = EnsembleMLP(cfg.num_q, latent + action_dim, hidden, 101, dropout=cfg.dropout)
+        for head in (self.reward_head[-1], self.q.output):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
         self.target_q = copy.deepcopy(self.q).requires_grad_(False)
         self.register_buffer("bins", tdmpc_bins())
         self.register_buffer("q_scale", torch.ones(()))   # running 5-95 percentile range of Q

@@ -8,6 +8,8 @@ Attributes record the encoder, its weights, preprocessing, precision and the sou
 
 A store is built under `<out>.partial` with one marker per finished unit in `.progress/`, and
 renamed to `<out>` when every unit is done, so a crash never leaves a store that looks finished.
+Online fine-tuning keeps a store that grows by whole episodes (`append_episode`); its checkpoint
+records how far the store is valid, and a resumed run cuts it back there (`truncate_store`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import numpy as np
 import zarr
 
 from pipeline.errors import UserError
+from pipeline.storage.episode import STEP_ARRAYS
 
 FORMAT = "pvr-pipe/embeddings"
 PROGRESS_DIR = ".progress"
+EPISODE_CHUNK = 1024
 
 
 def partial_url(url: str) -> str:
@@ -53,7 +57,8 @@ def create_store(url: str, *, frames: int, feature: str, feature_shape: tuple[in
     for name, (shape, dtype) in {feature: (feature_shape, feature_dtype), **step_layout}.items():
         group.create_array(name, shape=(frames, *shape), dtype=dtype, chunks=(chunk_frames, *shape),
                            fill_value=0)
-    group.create_array("episode_start", data=episode_start.astype(np.int64))
+    group.create_array("episode_start", data=episode_start.astype(np.int64),
+                       chunks=(max(len(episode_start), EPISODE_CHUNK),))
     group.attrs.update({"format": FORMAT, "format_version": 1, "feature": feature, **attrs})
     return group
 
@@ -116,8 +121,23 @@ def read_store(url: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, A
     group = open_store(url)
     attrs = dict(group.attrs)
     feature = attrs["feature"]
-    names = [feature, "action", "reward", "is_first", "is_last", "is_terminal", "state"]
+    names = [feature, *STEP_ARRAYS]
     missing = [name for name in names if name not in group]
     if missing:
         raise UserError(f"embedding store '{url}' lacks arrays {missing}; re-encode it with `pvr-pipe encode`")
     return {name: group[name][:] for name in names}, group["episode_start"][:], attrs
+
+
+def append_episode(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
+    """Add one episode (the feature and every step array, frame axis first) at the end."""
+    feature = group.attrs["feature"]
+    group["episode_start"].append(np.array([group[feature].shape[0]], np.int64))
+    for name in (feature, *STEP_ARRAYS):
+        group[name].append(np.asarray(arrays[name]).astype(group[name].dtype))
+
+
+def truncate_store(group: zarr.Group, frames: int, episodes: int) -> None:
+    """Cut the store back to its first `episodes` episodes (`frames` frames)."""
+    for name in (group.attrs["feature"], *STEP_ARRAYS):
+        group[name].resize((frames, *group[name].shape[1:]))
+    group["episode_start"].resize((episodes,))

@@ -1,0 +1,140 @@
+"""Episodes played in parallel envs by an actor that sees frames through a frozen encoder.
+
+Fine-tuning, evaluation and agents that collect all play this way. Each frame is encoded once,
+batched across the envs, by the encoder that built the store; the actor sees those features.
+What is recorded follows the trajectory store's RLDS convention (step t: features of frame t,
+the reward received on arriving at it, the action taken after it), with actions stored as the
+vectors `pipeline.envs.actions` defines, ready for an embedding store or a replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline.encoders.store_encoder import StoreEncoder
+from pipeline.envs.actions import action_dim, is_discrete, to_env_action, to_stored
+from pipeline.envs.env_pool import EnvPool
+
+
+class StepTimer:
+    """Seconds spent per part of the loop (simulator, encoder, agent, learner)."""
+
+    def __init__(self, seconds: dict[str, float] | None = None):
+        self.seconds: dict[str, float] = defaultdict(float, seconds or {})
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - start
+
+
+@dataclass
+class PlayedEpisode:
+    arrays: dict[str, np.ndarray]   # the feature and step arrays, frame axis first
+    total_return: float
+    first_frame: np.ndarray         # the first frame the actor saw (H, W, 3)
+
+    @property
+    def steps(self) -> int:
+        return len(self.arrays["reward"]) - 1
+
+
+class AgentActor:
+    """An agent (world_models) acting for several envs at once, keeping its state between steps."""
+
+    def __init__(self, agent: torch.nn.Module, device: str, explore: bool):
+        self.agent, self.device, self.explore = agent, device, explore
+        self.state = None
+
+    def __call__(self, features: np.ndarray, is_first: np.ndarray) -> np.ndarray:
+        if self.state is None or is_first.all():
+            self.state = self.agent.initial_state(len(features))
+        obs = torch.from_numpy(features).to(self.device)
+        obs = obs if obs.dtype == torch.uint8 else obs.float()
+        training = self.agent.training
+        self.agent.eval()
+        actions, self.state = self.agent.act(obs, self.state, torch.from_numpy(is_first).to(self.device), self.explore)
+        self.agent.train(training)
+        return actions.cpu().numpy()
+
+
+class RandomActor:
+    """Uniform random action vectors: over [-1, 1]^A, or one-hot for discrete actions."""
+
+    def __init__(self, space, rng: np.random.Generator):
+        self.space, self.rng = space, rng
+
+    def __call__(self, features: np.ndarray, is_first: np.ndarray) -> np.ndarray:
+        count, size = len(features), action_dim(self.space)
+        if is_discrete(self.space):
+            return np.eye(size, dtype=np.float32)[self.rng.integers(size, size=count)]
+        return self.rng.uniform(-1.0, 1.0, (count, size)).astype(np.float32)
+
+
+def play_episodes(pool: EnvPool, encoder: StoreEncoder, actor: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                  seeds: list[int], max_steps: int | None = None,
+                  after_step: Callable[[int], None] | None = None,
+                  timer: StepTimer | None = None) -> list[PlayedEpisode]:
+    """One episode per seed, in envs 0..len(seeds)-1 of `pool`, all started together.
+
+    `after_step(n)` runs after every parallel step of n envs (fine-tuning trains there).
+    """
+    timer = timer or StepTimer()
+    count, space = len(seeds), pool.action_space
+    with timer("simulator"):
+        observations = pool.reset(seeds)
+    first_frames = [obs["image"] for obs in observations]
+    with timer("encoder"):
+        features = encoder(np.stack(first_frames))
+    record = [defaultdict(list) for _ in range(count)]
+    for i, obs in enumerate(observations):
+        record[i]["feature"].append(features[i])
+        record[i]["state"].append(obs["state"])
+        record[i]["reward"].append(0.0)
+    is_first, active = np.ones(count, bool), np.ones(count, bool)
+    while active.any():
+        with timer("agent"):
+            vectors = actor(features, is_first)
+        env_actions = {i: to_env_action(vectors[i], space) for i in np.flatnonzero(active)}
+        with timer("simulator"):
+            results = pool.step(env_actions)
+        stepped = sorted(results)
+        with timer("encoder"):
+            new_features = encoder(np.stack([results[i][0]["image"] for i in stepped]))
+        for row, i in enumerate(stepped):
+            observation, reward, terminated, truncated = results[i]
+            episode = record[i]
+            episode["action"].append(to_stored(env_actions[i], space))
+            episode["feature"].append(new_features[row])
+            episode["state"].append(observation["state"])
+            episode["reward"].append(reward)
+            features[i] = new_features[row]
+            if terminated or truncated or (max_steps is not None and len(episode["action"]) >= max_steps):
+                active[i] = False
+                episode["terminated"] = terminated
+        is_first[:] = False
+        if after_step is not None:
+            after_step(len(stepped))
+    return [_finish(episode, encoder.feature, first_frames[i]) for i, episode in enumerate(record)]
+
+
+def _finish(episode: dict, feature: str, first_frame: np.ndarray) -> PlayedEpisode:
+    actions = np.stack(episode["action"])
+    length = len(actions) + 1
+    flags = {name: np.zeros(length, bool) for name in ("is_first", "is_last", "is_terminal")}
+    flags["is_first"][0] = flags["is_last"][-1] = True
+    flags["is_terminal"][-1] = episode["terminated"]
+    reward = np.asarray(episode["reward"], np.float32)
+    arrays = {feature: np.stack(episode["feature"]), "action": np.concatenate([actions, np.zeros_like(actions[:1])]),
+              "reward": reward, "state": np.stack(episode["state"]).astype(np.float32), **flags}
+    return PlayedEpisode(arrays, float(reward.sum()), first_frame)

@@ -1,0 +1,146 @@
+"""Online fine-tuning and evaluation: the frozen encoder in the loop, resumption, looks, agents collecting."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import PVR_PIPE, assert_user_error, collect_toy, pvr_pipe, write_linear_system_store
+from pipeline.config import EncodeConfig, FinetuneConfig, TrainConfig
+from pipeline.encoders.store_encoder import StoreEncoder
+from pipeline.envs import make_env
+from pipeline.storage.embedding_store import read_store
+from pipeline.storage.manifest import read_manifest
+from pipeline.storage.runs import load_agent
+from stages import encode, finetune, train
+from world_models.checkpoint import load_checkpoint
+
+SHORT_EPISODES = dict(episodes=6, max_steps=25, episodes_per_shard=3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A toy dataset, its `pixels` store and a briefly trained offline tdmpc run."""
+    root = tmp_path_factory.mktemp("online")
+    collect_toy(root / "toy", **SHORT_EPISODES)
+    store = encode.run(EncodeConfig(model="pixels", dataset=str(root / "toy"), out=str(root / "pixels.zarr")),
+                       show_progress=False)
+    run_dir = train.run(TrainConfig(store=store, world_model="tdmpc", preset="xs", updates=20, out=root / "run"),
+                        show_progress=False)
+    return root, run_dir
+
+
+def finetune_args(run_dir, out, steps=50):
+    return ["finetune", "--run", run_dir, "--out", out, "--env-steps", steps, "--eval-every", 25,
+            "--eval-episodes", 1, "--train-ratio", 0.2, "--quiet", "--threads", 1]
+
+
+@pytest.mark.parametrize("model", ["pixels", "efficientnet-lite0"])
+def test_the_online_encoder_gives_the_cached_features_for_the_same_frames(tmp_path, model):
+    collect_toy(tmp_path / "toy", episodes=2, max_steps=10, episodes_per_shard=2, seed=2)
+    store = encode.run(EncodeConfig(model=model, dataset=str(tmp_path / "toy"), out=str(tmp_path / "s.zarr"),
+                                    batch_size=8), show_progress=False)
+    arrays, starts, attrs = read_store(store)
+    manifest = read_manifest(tmp_path / "toy")
+    # Replay episode 1 in a fresh env from its recorded seed and actions: the same frames, rendered online.
+    env = make_env("toy/pointmass-reach")
+    frames = [env.reset(seed=manifest.shards[0].episode_seeds[1])[0]["image"]]
+    first, last = starts[1], len(arrays["action"])
+    for action in arrays["action"][first:last - 1]:
+        frames.append(env.step(action)[0]["image"])
+    online = StoreEncoder(attrs)(np.stack(frames))
+    cached = arrays[attrs["feature"]][first:last]
+    assert online.dtype == cached.dtype and online.shape == cached.shape
+    np.testing.assert_array_equal(online, cached)
+
+
+def test_finetune_writes_a_learning_curve_an_online_store_and_an_agent_that_acts(toy_run):
+    root, run_dir = toy_run
+    out = finetune.run(FinetuneConfig(run=run_dir, env_steps=50, eval_every=25, eval_episodes=1, train_ratio=0.2),
+                       show_progress=False)
+    assert out == run_dir / "finetune"
+    curve = (out / "live/plots/metrics/eval/return.tsv").read_text().splitlines()
+    assert curve[0] == "step\treturn" and [row.split("\t")[0] for row in curve[1:]] == ["0", "25", "50"]
+    progress = load_checkpoint(out / "agent.pt")["progress"]
+    assert progress["env_steps"] == 50 and progress["updates"] == 10 and progress["episodes"] == 2
+    online, starts, attrs = read_store(str(out / "online.zarr"))
+    assert len(starts) == 2 and len(online["pixels"]) == 52 and attrs["encoder"] == "pixels"
+    assert online["is_first"][starts].all() and online["reward"][starts].sum() == 0
+    info = yaml.safe_load((out / "finetune.yaml").read_text())
+    assert info["identity"]["start"]["run"] == str(run_dir) and info["random_return"] > 0
+    agent, _, name = load_agent(out)
+    assert name.startswith(f"agent:{out}") and agent.action_dim == 2
+
+
+def test_finetune_resumes_after_sigkill_as_if_never_interrupted(toy_run, tmp_path):
+    _, run_dir = toy_run
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    process = subprocess.Popen([PVR_PIPE, *map(str, finetune_args(run_dir, killed, steps=100))],
+                               stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while not (killed / "agent.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = load_checkpoint(killed / "agent.pt")["progress"]["env_steps"]
+    assert 0 < interrupted_at < 100
+    assert pvr_pipe(*finetune_args(run_dir, killed, steps=100)).returncode == 0
+    assert pvr_pipe(*finetune_args(run_dir, straight, steps=100)).returncode == 0
+    resumed, uninterrupted = load_checkpoint(killed / "agent.pt"), load_checkpoint(straight / "agent.pt")
+    assert resumed["progress"]["env_steps"] == uninterrupted["progress"]["env_steps"] == 100
+    for key, value in uninterrupted["agent"].items():
+        assert torch.equal(value, resumed["agent"][key]), key
+    for name in ("eval/return", "train/episode_return"):
+        path = f"live/plots/metrics/{name}.tsv"
+        assert (killed / path).read_text() == (straight / path).read_text()
+    assert read_store(str(killed / "online.zarr"))[0]["pixels"].tobytes() == \
+        read_store(str(straight / "online.zarr"))[0]["pixels"].tobytes()
+
+
+def test_evaluate_plays_each_look_with_that_looks_pixels(toy_run):
+    root, run_dir = toy_run
+    result = pvr_pipe("evaluate", "--run", run_dir, "--variant", "floor_color", "--episodes", 2)
+    assert result.returncode == 0, result.stderr
+    out = run_dir / "evaluation"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"about", "random", "train", "floor_color"}
+    assert metrics["train"]["ood_score"] == 1.0 and len(metrics["floor_color"]["returns"]) == 2
+    assert metrics["floor_color"]["model"]["prediction_error"]["mean"] > 0
+    # Both looks start from the same state; each saved first frame is exactly what that look renders.
+    seed = int(np.random.SeedSequence(0, spawn_key=(2,)).generate_state(2)[0])
+    for variant in ("train", "floor_color"):
+        rendered = make_env("toy/pointmass-reach", variant).reset(seed=seed)[0]["image"]
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "frames" / f"{variant}.png")), rendered)
+    train_frame, ood_frame = (np.asarray(Image.open(out / "frames" / f"{v}.png")) for v in ("train", "floor_color"))
+    assert np.abs(train_frame.astype(int) - ood_frame.astype(int)).mean() > 5
+
+
+def test_a_trained_agent_collects_a_new_dataset(toy_run, tmp_path):
+    _, run_dir = toy_run
+    result = pvr_pipe("collect", "--env", "toy/pointmass-reach", "--policy", f"agent:{run_dir}", "--episodes", 2,
+                      "--max-steps", 10, "--out", tmp_path / "by-agent", "--quiet")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(tmp_path / "by-agent")
+    assert manifest.policy.startswith(f"agent:{run_dir}") and manifest.steps == 20
+
+
+def test_bad_inputs_give_one_line(toy_run, tmp_path):
+    root, run_dir = toy_run
+    assert_user_error(pvr_pipe("finetune"), "--run", "--store")
+    assert_user_error(pvr_pipe("finetune", "--run", tmp_path), "not a training run")
+    linear = write_linear_system_store(tmp_path / "linear.zarr", episodes=2)
+    assert_user_error(pvr_pipe("finetune", "--store", linear, "--out", tmp_path / "f"), "re-encode")
+    assert_user_error(pvr_pipe("finetune", "--run", run_dir, "--num-envs", "0"), "num_envs")
+    assert_user_error(pvr_pipe("evaluate", "--run", tmp_path), "holds no agent")
+    assert_user_error(pvr_pipe("evaluate", "--run", run_dir, "--variant", "sepia"), "unknown look", "floor_color")
+    assert_user_error(pvr_pipe("collect", "--env", "dmc/cartpole-swingup", "--policy", f"agent:{run_dir}",
+                               "--out", tmp_path / "c"), "2-d actions", "1-d ones")
+    assert not (tmp_path / "f").exists() and not (tmp_path / "c").exists()
