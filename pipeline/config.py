@@ -149,7 +149,8 @@ class FinetuneConfig(StrictConfig):
     store: str | None = Field(None, description="without --run: the store that fixes encoder, env and offline data")
     world_model: Literal["dreamer", "tdmpc"] = Field("dreamer", description="without --run: which agent")
     preset: Literal["xs", "s", "m", "l"] = Field("s", description="without --run: its size")
-    settings: dict[str, Any] = Field(default_factory=dict, description="without --run: settings over the preset")
+    settings: dict[str, Any] = Field(default_factory=dict, description="settings over the preset (with --run: over "
+                                                                       "the run's, except those that shape weights)")
     seed: int = Field(0, ge=0)
     out: Path | None = Field(None, description="default: <run>/finetune, or .../seed<k>/scratch without --run")
     env_steps: int = Field(5000, gt=0, description="agent steps in the env, in total")

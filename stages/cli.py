@@ -148,7 +148,8 @@ def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **opti
 @click.option("--store", help="Without --run: the store that fixes encoder, env and offline data (from scratch).")
 @click.option("--world-model", help="Without --run: dreamer or tdmpc.")
 @click.option("--preset", help="Without --run: size xs, s, m, l.")
-@click.option("--set", "settings", metavar="KEY=VALUE", multiple=True, help="Without --run: setting over the preset.")
+@click.option("--set", "settings", metavar="KEY=VALUE", multiple=True,
+              help="Setting over the preset (with --run: over the run's, if it does not shape the weights).")
 @click.option("--seed", type=int, help="Seed of the agent, its episodes and batches.")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory; default <run>/finetune.")
 @click.option("--env-steps", type=int, help="Agent steps in the env, in total.")

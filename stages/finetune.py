@@ -1,7 +1,8 @@
 """`pvr-pipe finetune`: learn online in the env, with the frozen PVR in the loop.
 
-Starts from an offline run (`--run`: its world model, and for tdmpc its policy and Q-functions)
-or from nothing (`--store` and a world model: the from-scratch curve). Play goes in rounds: one
+Starts from an offline run (`--run`: its world model, and for tdmpc its policy and Q-functions;
+`--set` may change any setting that does not shape the weights, e.g. the learning rate or the
+actor's gradient) or from nothing (`--store` and a world model: the from-scratch curve). Play goes in rounds: one
 episode in each of `num_envs` parallel envs, started together with seeds derived from the seed
 and the round. After every parallel step the agent trains, `train_ratio` gradient updates per
 agent step, on batches mixing windows of the offline store (`offline_fraction`, the run's
@@ -44,7 +45,7 @@ from pipeline.storage.runs import (AGENT_CHECKPOINT, CHECKPOINT, EVALUATION_DIR,
 from stages.collect import collect_episode
 from stages.train import arrays_sha256, open_live
 from world_models.checkpoint import load_checkpoint, save_agent_checkpoint
-from world_models.registry import make_agent, make_world_model, world_model_config
+from world_models.registry import make_agent, make_world_model, with_settings, world_model_config
 from world_models.replay import Replay, concat_batches, split_episodes
 from world_models.tdmpc import heuristic_discount
 
@@ -144,10 +145,8 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
     wm_cfg = world_model.cfg
     agent = make_agent(world_model).to(cfg.device).train()
     optimizers = agent.make_optimizers()
-    if start["checkpoint"] is not None:
+    if start["checkpoint"] is not None:   # weights only: the optimisers start afresh, with the settings given
         world_model.load_state_dict(start["checkpoint"]["model"])
-        for name, state in start["checkpoint"]["optimizers"].items():
-            optimizers[name].load_state_dict(state)
     offline = (Replay(arrays, episode_start, spec["feature"]).select_episodes(start["train_episodes"])
                if cfg.offline_fraction > 0 else None)
 
@@ -280,8 +279,11 @@ def _starting_point(cfg: FinetuneConfig) -> dict[str, Any]:
         store_sha = arrays_sha256(arrays)
         if store_sha != run_info["identity"]["store_sha256"]:
             raise UserError(f"the run's store '{store}' changed since training; retrain the run")
+        spec = checkpoint["spec"]
+        if cfg.settings:
+            spec = {**spec, "config": with_settings(spec["world_model"], spec["config"], cfg.settings)}
         return {"arrays": arrays, "episode_start": episode_start, "attrs": attrs, "store": store,
-                "store_sha256": store_sha, "spec": checkpoint["spec"], "preset": run_info["identity"]["preset"],
+                "store_sha256": store_sha, "spec": spec, "preset": run_info["identity"]["preset"],
                 "checkpoint": checkpoint, "train_episodes": run_info["identity"]["train_episodes"],
                 "source": {"run": str(cfg.run), "update": int(checkpoint["update"])}}
     store = cfg.store.rstrip("/")

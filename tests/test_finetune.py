@@ -38,6 +38,34 @@ def toy_run(tmp_path_factory):
     return root, run_dir
 
 
+@pytest.fixture(scope="module")
+def toy_pixels(tmp_path_factory):
+    """40 random-policy episodes of 50 steps of the toy env, and their `pixels` store."""
+    root = tmp_path_factory.mktemp("learning")
+    collect_toy(root / "toy", episodes=40, max_steps=50, episodes_per_shard=20, seed=0)
+    return encode.run(EncodeConfig(model="pixels", dataset=str(root / "toy"), out=str(root / "pixels.zarr")),
+                      show_progress=False)
+
+
+# Offline updates and settings for a CPU budget of about a minute each. TD-MPC2's published loss
+# weights (consistency 20, reward 0.1) need far longer before its pixel encoder stops collapsing.
+LEARNING = {"dreamer": (800, {"lr": 1e-3, "batch_size": 8, "sequence_length": 16}),
+            "tdmpc": (600, {"lr": 1e-3, "batch_size": 32, "consistency_coef": 2.0, "reward_coef": 1.0})}
+
+
+@pytest.mark.parametrize("world_model", ["dreamer", "tdmpc"])
+def test_a_short_finetune_beats_the_random_policy_by_a_clear_margin(toy_pixels, tmp_path, world_model):
+    updates, settings = LEARNING[world_model]
+    run_dir = train.run(TrainConfig(store=toy_pixels, world_model=world_model, preset="xs", settings=settings,
+                                    updates=updates, seed=0, out=tmp_path / "run"), show_progress=False)
+    out = finetune.run(FinetuneConfig(run=run_dir, env_steps=200, eval_every=100, eval_episodes=4, seed=0),
+                       show_progress=False)
+    rows = (out / "live/plots/metrics/eval/return.tsv").read_text().splitlines()[1:]
+    returns = [float(row.split("\t")[1]) for row in rows]
+    random = yaml.safe_load((out / "finetune.yaml").read_text())["random_return"]
+    assert returns[-1] > 1.4 * random, (returns, random)
+
+
 def finetune_args(run_dir, out, steps=50):
     return ["finetune", "--run", run_dir, "--out", out, "--env-steps", steps, "--eval-every", 25,
             "--eval-episodes", 1, "--train-ratio", 0.2, "--quiet", "--threads", 1]

@@ -43,7 +43,7 @@ class DreamerConfig:
     return_horizon: float = 333.0  # discount = 1 - 1 / return_horizon
     return_lambda: float = 0.95
     actor_entropy: float = 3e-4
-    actor_grad: str = "reinforce"  # reinforce (DreamerV3) or dynamics (backprop through the model)
+    actor_grad: str = "auto"       # auto: dynamics for continuous actions, reinforce for discrete ones
     actor_min_std: float = 0.1
     actor_max_std: float = 1.0
     slow_critic_rate: float = 0.02
@@ -57,6 +57,10 @@ class DreamerConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+
+# Settings that shape the weights; the rest (learning, imagination, actor) may change between
+# offline training and fine-tuning.
+ARCHITECTURE = ("deter", "hidden", "stoch", "classes", "units", "head_layers", "cnn_depth", "embed_head")
 
 # `m` is DreamerV3's size12m and `l` its size200m (danijar/dreamerv3 configs.yaml); `s` is a
 # quarter of size12m for CPU studies, `xs` is for tests.

@@ -3,11 +3,13 @@
 From every filtered state of a replay batch the actor imagines `imag_horizon` steps in the
 world model. Rewards and continuation flags come from the model's heads, values from the
 critic (two-hot over DreamerV3's 255 bins). Lambda returns are normalised by the range between
-their 5th and 95th percentiles (an EMA, never below 1). The actor follows REINFORCE with those
-normalised advantages and an entropy bonus (DreamerV3's recipe; `actor_grad: dynamics`
-backpropagates the returns through the model instead). The critic regresses the returns and is
-regularised towards a slow EMA copy of itself. The world model itself is only trained by its
-own loss.
+their 5th and 95th percentiles (an EMA, never below 1). The actor maximises them with an entropy
+bonus: for continuous actions by backpropagating the normalised returns through the model
+(`actor_grad: dynamics`, as DreamerV2 and the common PyTorch port of DreamerV3 do for control),
+for discrete ones by REINFORCE with normalised advantages (`reinforce`, which DreamerV3's own
+code uses for both; at the budgets of short studies it learns continuous control far slower).
+The critic regresses the returns and is regularised towards a slow EMA copy of itself. The
+world model itself is only trained by its own loss.
 
 Continuous actions: a bounded normal (mean tanh-squashed, std in [min_std, max_std]); discrete
 actions: a one-hot categorical with 1% unimix and straight-through samples.
@@ -125,7 +127,7 @@ class DreamerAgent(nn.Module):
 
     def behaviour_step(self, starts: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         cfg, wm = self.cfg, self.world_model
-        dynamics = cfg.actor_grad == "dynamics"
+        dynamics = cfg.actor_grad == "dynamics" or (cfg.actor_grad == "auto" and not self.discrete)
         wm.requires_grad_(False)
         with torch.set_grad_enabled(dynamics):
             feats, actions = self.imagine(starts["deter"], starts["stoch"], differentiable=dynamics)
@@ -157,7 +159,7 @@ class DreamerAgent(nn.Module):
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
                 slow.lerp_(fast, cfg.slow_critic_rate)
         return {"actor": float(actor_loss.detach()), "critic": float(critic_loss.detach()),
-                "imagined_return": float(returns.mean()), "actor_entropy": float(entropy.mean().detach()),
+                "imagined_return": float(returns.detach().mean()), "actor_entropy": float(entropy.mean().detach()),
                 "return_scale": float(scale)}
 
     @torch.no_grad()

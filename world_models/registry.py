@@ -16,7 +16,7 @@ WORLD_MODELS = {
     "dreamer": (dreamer.DreamerWorldModel, dreamer.DreamerConfig, dreamer.PRESETS),
     "tdmpc": (tdmpc.TDMPCWorldModel, tdmpc.TDMPCConfig, tdmpc.PRESETS),
 }
-CHOICES = {"embed_head": ("linear", "mlp"), "actor_grad": ("reinforce", "dynamics")}
+CHOICES = {"embed_head": ("linear", "mlp"), "actor_grad": ("auto", "reinforce", "dynamics")}
 
 
 def world_model_config(name: str, preset: str, overrides: dict[str, Any]):
@@ -46,6 +46,17 @@ def _coerce(name: str, key: str, value: Any, type_name: str) -> Any:
     if key in CHOICES and cast not in CHOICES[key]:
         raise UserError(f"{name} setting '{key}' must be {' or '.join(CHOICES[key])}, got {value!r}")
     return cast
+
+
+def with_settings(name: str, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A trained model's config with `settings` over it; a setting that would reshape the weights is
+    a UserError."""
+    module = {"dreamer": dreamer, "tdmpc": tdmpc}[name]
+    reshaping = sorted(k for k in settings if k in module.ARCHITECTURE and settings[k] != config.get(k))
+    if reshaping:
+        raise UserError(f"{name} settings {reshaping} shape the trained weights; train a new run with them instead")
+    _, config_class, presets = WORLD_MODELS[name]
+    return world_model_config(name, next(iter(presets)), {**config, **settings}).as_dict()
 
 
 def make_world_model(name: str, config, feature: str, feature_shape: tuple[int, ...], action_dim: int,

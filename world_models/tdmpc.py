@@ -64,6 +64,11 @@ class TDMPCConfig:
         return asdict(self)
 
 
+# Settings that shape the weights; the rest (losses, learning, planning) may change between
+# offline training and fine-tuning.
+ARCHITECTURE = ("latent_dim", "enc_dim", "mlp_dim", "num_enc_layers", "num_q", "simnorm_dim", "frame_stack",
+                "num_channels")
+
 # TD-MPC2's model sizes (nicklashansen/tdmpc2 common/__init__.py): s = 1M, m = 5M (its default),
 # l = 19M parameters, all planning as TD-MPC2 does; xs is for tests and CPU smoke runs, and plans
 # with half the samples and fewer iterations.
