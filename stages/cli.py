@@ -214,12 +214,14 @@ def report(config_refs: tuple[str, ...], **options) -> None:
 
 @cli.command()
 @click.argument("study_file", type=click.Path(path_type=Path))
+@click.option("--set", "settings", metavar="KEY=VALUE", multiple=True,
+              help="Change a value of the study first, e.g. --set 'study.envs=[pickcube]' (dotted key, YAML value).")
 @click.option("--run/--no-run", "run_pipeline", default=True, help="Run `dvc repro` after checking (default).")
-def study(study_file: Path, run_pipeline: bool) -> None:
+def study(study_file: Path, settings: tuple[str, ...], run_pipeline: bool) -> None:
     """Check a study file (envs, encoders and weights, world models, options), make it params.yaml, run it."""
     from stages import study as study_stage
 
-    study_stage.run(study_file, run_pipeline=run_pipeline)
+    study_stage.run(study_file, run_pipeline=run_pipeline, settings=list(settings))
 
 
 @cli.command()
@@ -242,13 +244,29 @@ def models(as_json: bool) -> None:
 
 
 @cli.command()
-def envs() -> None:
-    """List env ids and their visual variants."""
-    from pipeline.envs import env_ids, get_entry
+@click.option("--grid", type=click.Path(path_type=Path), help="Write a PNG of each look of the --env ids instead.")
+@click.option("--env", "env_ids", multiple=True, help="With --grid: env id (repeatable), one row each.")
+@click.option("--frame-size", type=int, default=96, show_default=True, help="With --grid: pixels per frame.")
+@click.option("--seed", "seeds", type=int, multiple=True,
+              help="With --grid: episode seed of the frames (default 0), once for all or once per --env.")
+def envs(grid: Path | None, env_ids: tuple[str, ...], frame_size: int, seeds: tuple[int, ...]) -> None:
+    """List env ids and their visual variants (or draw them: --grid PNG --env ID ...)."""
+    from pipeline.envs import env_ids as all_env_ids
+    from pipeline.envs import get_entry
     from pipeline.envs.variants import DESCRIPTIONS
 
+    if grid is not None:
+        from pipeline.envs.look_grid import write_look_grid
+
+        if not env_ids:
+            raise UserError("--grid needs at least one --env ID (see `pvr-pipe envs`)")
+        if len(seeds) not in (0, 1, len(env_ids)):
+            raise UserError(f"give --seed once, or once per --env ({len(env_ids)}), not {len(seeds)} times")
+        per_env = list(seeds) if len(seeds) == len(env_ids) else [seeds[0] if seeds else 0] * len(env_ids)
+        click.echo(write_look_grid(list(env_ids), per_env, grid, frame_size))
+        return
     table = Table("env", "variants", "description", box=None)
-    for env_id in env_ids():
+    for env_id in all_env_ids():
         entry = get_entry(env_id)
         table.add_row(env_id, ", ".join(entry.variants), entry.description)
     console = Console(width=200)

@@ -1,11 +1,14 @@
 """`pvr-pipe study FILE`: check a whole study up front, make it the pipeline's params, run it.
 
 A study file has the shape of `params.yaml` (blocks `study`, `envs`, `collect`, `encode`,
-`train`, `world_models`, `evaluate_model`, `report`). Before anything runs, every env and
-variant, every encoder and the availability of its weights, every world model, preset and
-setting, and every stage's options are checked, so a study of many GPU hours does not fail on
-its last stage. The file then replaces `params.yaml` (comments kept; `git checkout params.yaml`
-returns to the default study) and `dvc repro` runs it.
+`train`, `world_models`, `finetune`, `evaluate`, `evaluate_model`, `report`). `--set
+study.envs=[a,b]` changes a value of it first (dotted keys, YAML values, as `dvc exp run -S`):
+a study whose suites have different looks names all their tasks and runs one suite at a time.
+Before anything runs, every env and variant, every encoder and the availability of its
+weights, every world model, preset and setting, and every stage's options are checked, so a
+study of many GPU hours does not fail on its last stage. The study then replaces
+`params.yaml` (comments kept when nothing is set; `git checkout params.yaml` returns to the
+default study) and `dvc repro` runs it.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import CollectConfig, EncodeConfig, EvaluateModelConfig, ReportConfig, TrainConfig
+from pipeline.config import (CollectConfig, EncodeConfig, EvaluateConfig, EvaluateModelConfig, FinetuneConfig,
+                             ReportConfig, TrainConfig)
 from pipeline.errors import UserError
 from pipeline.storage.atomic_files import write_bytes_atomic
 
-BLOCKS = ("study", "envs", "collect", "encode", "encoder_options", "train", "world_models", "evaluate_model", "report")
+BLOCKS = ("study", "envs", "collect", "encode", "encoder_options", "train", "world_models", "finetune", "evaluate",
+          "evaluate_model", "report")
 STUDY_KEYS = ("envs", "train_variant", "variants", "encoders", "world_models", "seeds")
 
 
@@ -81,18 +86,45 @@ def check_study(data: dict[str, Any], source: str) -> dict[str, int]:
             world_model_config(world_model, train.preset, train.settings)
         except (UserError, ValueError) as error:
             fail(f"world_models.{world_model}", " ".join(str(error).split()))
-    for block, schema in (("evaluate_model", EvaluateModelConfig), ("report", ReportConfig)):
+    for block, schema in (("finetune", FinetuneConfig), ("evaluate", EvaluateConfig),
+                          ("evaluate_model", EvaluateModelConfig), ("report", ReportConfig)):
         try:
             schema(**data[block])
         except ValueError as error:
             fail(block, " ".join(str(error).split()))
+    for variant in data["evaluate"].get("variants", []):
+        if variant not in study["variants"]:
+            fail("evaluate.variants", f"'{variant}' is not one of study.variants")
     runs = len(study["envs"]) * len(study["encoders"]) * len(study["world_models"]) * len(study["seeds"])
     return {"collect": len(study["envs"]) * len(study["variants"]),
             "encode": len(study["envs"]) * len(study["variants"]) * len(study["encoders"]),
-            "train": runs, "evaluate-model": runs, "report": 1}
+            "train": runs, "evaluate-model": runs, "finetune": runs, "evaluate": runs, "report": 1}
 
 
-def run(path: Path, params: Path = Path("params.yaml"), run_pipeline: bool = True) -> dict[str, int]:
+def apply_settings(data: dict[str, Any], settings: list[str], source: str) -> dict[str, Any]:
+    """`study.envs=[a, b]` -> data["study"]["envs"] = ["a", "b"]: dotted keys of existing blocks."""
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise UserError(f"--set expects KEY=VALUE with a dotted key, e.g. study.seeds=[0,1]; got '{setting}'")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise UserError(f"study '{source}' has no block '{part}' for --set {key}")
+            node = node[part]
+        if parts[-1] not in node and parts[-2:-1] != ["settings"]:
+            raise UserError(f"study '{source}' has no key '{key}' to --set; its keys there: {', '.join(node)}")
+        value, old = yaml.safe_load(text), node.get(parts[-1])
+        if isinstance(old, list) and isinstance(value, list):
+            old[:] = value     # in place: YAML aliases of it (evaluate.variants: *looks) follow
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def run(path: Path, params: Path = Path("params.yaml"), run_pipeline: bool = True,
+        settings: list[str] | None = None) -> dict[str, int]:
     if not path.is_file():
         raise UserError(f"study file '{path}' not found; see configs/studies/")
     text = path.read_text()
@@ -100,8 +132,11 @@ def run(path: Path, params: Path = Path("params.yaml"), run_pipeline: bool = Tru
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise UserError(f"study file '{path}' is not valid YAML: {str(error).splitlines()[0]}") from None
+    if settings:
+        data = apply_settings(data, settings, str(path))
+        text = f"# {path} with {' '.join(settings)} (pvr-pipe study)\n" + yaml.safe_dump(data, sort_keys=False)
     stages = check_study(data, str(path))
-    if path.resolve() != params.resolve():
+    if path.resolve() != params.resolve() or settings:
         write_bytes_atomic(params, text.encode())
     print(f"{path}: {sum(stages.values())} stages ({', '.join(f'{n} {k}' for k, n in stages.items())}) "
           f"-> {params}", file=sys.stderr)

@@ -110,3 +110,19 @@ def test_actions_are_stored_as_vectors_and_map_back_to_the_env():
     np.testing.assert_allclose(to_stored(np.array([0.5, 2.0]), box), [0.0, 1.0])
     np.testing.assert_allclose(to_env_action(np.array([0.0, 1.0]), box), [0.5, 2.0])
     np.testing.assert_allclose(to_env_action(np.array([-3.0, 0.0]), box), [0.0, 0.0])   # clipped to the box
+
+
+def test_look_grid_draws_every_look_of_each_env(tmp_path):
+    from PIL import Image
+
+    from tests.conftest import pvr_pipe
+
+    out = tmp_path / "looks.png"
+    result = pvr_pipe("envs", "--grid", out, "--env", "toy/pointmass-reach", "--frame-size", 32, "--seed", 4)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.width == 32 * len(get_entry("toy/pointmass-reach").variants)
+        grid = np.asarray(image.convert("RGB"))
+    frames = [grid[14:46, 32 * i:32 * (i + 1)] for i in range(len(get_entry("toy/pointmass-reach").variants))]
+    np.testing.assert_array_equal(frames[0], first_frame("toy/pointmass-reach", seed=4, frame_size=32)["image"])
+    assert all(np.abs(f.astype(int) - frames[0]).mean() > 0.2 for f in frames[1:])
