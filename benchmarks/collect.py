@@ -2,9 +2,11 @@
 
 ratio = steps/s of `pvr-pipe collect` (in-process, one worker: env + policy + frame encoding +
 shard writing + hashing + manifest) / steps/s of the bare env loop (the suite's own step and
-render calls, no pvr-pipe code), for the same env, frame size and number of steps. Repeats are
-interleaved and the medians compared. Also reports `--workers 2` against the same bare rate.
-Prints one JSON document.
+render calls, no pvr-pipe code, rendering the same single camera), for the same env, frame size
+and number of steps. Repeats are interleaved and the medians compared. Also reports
+`--workers 2` against the same bare rate. Suites: dmc/, miniworld/, maniskill/ (ManiSkill 3) and
+maniskill2/ (its bare loop runs in its own virtualenv, the same way the worker does). Prints one
+JSON document.
 """
 
 from __future__ import annotations
@@ -47,14 +49,92 @@ def bare_dmc_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> fl
     return episodes * steps / (time.perf_counter() - start)
 
 
+def bare_miniworld_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
+    """Miniworld alone: its gymnasium env observing through the agent's camera."""
+    import gymnasium
+    import pyglet
+
+    pyglet.options["headless"] = True
+    import miniworld  # noqa: F401  (registers MiniWorld-*)
+
+    env = gymnasium.make(f"MiniWorld-{env_id.removeprefix('miniworld/')}", obs_width=frame_size,
+                         obs_height=frame_size, window_width=frame_size, window_height=frame_size)
+    return _timed_gym_loop(env, episodes, steps)
+
+
+def bare_maniskill_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
+    """ManiSkill 3 alone, rendering only the wrist camera (as the env observes it)."""
+    import gymnasium
+
+    from pipeline.envs import maniskill
+
+    maniskill._select_lavapipe()
+    import mani_skill.envs  # noqa: F401
+
+    env = gymnasium.make(env_id.removeprefix("maniskill/"), obs_mode="rgb", control_mode=maniskill.CONTROL_MODE,
+                         robot_uids=maniskill.ROBOT, sim_backend="cpu", render_backend="cpu",
+                         sensor_configs={"width": frame_size, "height": frame_size})
+    del env.unwrapped.scene.sensors["base_camera"]
+    return _timed_gym_loop(env, episodes, steps, single_action_space=True)
+
+
+MANISKILL2_LOOP = """
+import json, sys, time
+import numpy as np
+import mani_skill2.envs
+from mani_skill2.utils.registration import REGISTERED_ENVS
+task, size, episodes, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+env = REGISTERED_ENVS[task].cls(obs_mode="state_dict", control_mode="pd_ee_delta_pose",
+                                camera_cfgs={"width": size, "height": size, "texture_names": ("Color",)})
+camera = env._cameras["hand_camera"]
+
+def render():
+    env.update_render()
+    camera.take_picture()
+    return camera.get_images()["Color"]
+
+rng = np.random.default_rng(0)
+start = time.perf_counter()
+for episode in range(episodes):
+    env.reset(seed=episode)
+    render()
+    for _ in range(steps):
+        env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        render()
+print(json.dumps(episodes * steps / (time.perf_counter() - start)))
+"""
+
+
+def bare_maniskill2_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
+    """ManiSkill 2 alone, in its own virtualenv with the same Vulkan set-up as its worker."""
+    import subprocess
+
+    from pipeline.envs import maniskill2
+
+    result = subprocess.run([str(maniskill2.WORKER_PYTHON), "-c", MANISKILL2_LOOP, env_id.removeprefix("maniskill2/"),
+                             str(frame_size), str(episodes), str(steps)], capture_output=True, text=True,
+                            env=os.environ | maniskill2.render_environment(), check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def bare_gym_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
-    env = make_env(env_id, frame_size=frame_size)
+    """Envs built into pvr-pipe (toy): the env is its own bare loop."""
+    return _timed_gym_loop(make_env(env_id, frame_size=frame_size), episodes, steps)
+
+
+def _timed_gym_loop(env, episodes: int, steps: int, single_action_space: bool = False) -> float:
+    space = env.unwrapped.single_action_space if single_action_space else env.action_space
+    space.seed(0)
     start = time.perf_counter()
     for episode in range(episodes):
         env.reset(seed=episode)
         for _ in range(steps):
-            env.step(env.action_space.sample())
+            env.step(space.sample())
     return episodes * steps / (time.perf_counter() - start)
+
+
+BARE_LOOPS = {"dmc": bare_dmc_rate, "miniworld": bare_miniworld_rate, "maniskill": bare_maniskill_rate,
+              "maniskill2": bare_maniskill2_rate, "toy": bare_gym_rate}
 
 
 def collect_rate(env_id: str, frame_size: int, episodes: int, steps: int, workers: int,
@@ -70,7 +150,8 @@ def collect_rate(env_id: str, frame_size: int, episodes: int, steps: int, worker
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", nargs="+", default=["dmc/cartpole-swingup"])
+    parser.add_argument("--envs", nargs="+", default=["dmc/cartpole-swingup", "miniworld/OneRoom-v0",
+                                                      "maniskill/PickCube-v1", "maniskill2/PickCube-v0"])
     parser.add_argument("--cases", nargs="+", default=["64:png", "224:png", "224:jpeg"],
                         help="FRAME_SIZE:IMAGE_FORMAT pairs")
     parser.add_argument("--episodes", type=int, default=4)
@@ -80,7 +161,7 @@ def main() -> None:
 
     results = []
     for env_id in args.envs:
-        bare = bare_dmc_rate if env_id.startswith("dmc/") else bare_gym_rate
+        bare = BARE_LOOPS[env_id.split("/")[0]]
         for case in args.cases:
             size_text, image_format = case.split(":")
             size = int(size_text)

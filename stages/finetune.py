@@ -241,7 +241,7 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
             for key, values in losses.items():
                 live.log_metric(f"train/{key}", float(np.mean(values)))
             losses.clear()
-            for part, share in _time_shares(timer.seconds).items():
+            for part, share in time_shares(timer.seconds).items():
                 live.log_metric(f"timing/{part}_share", share)
             live.log_metric("timing/agent_steps_per_s",
                             progress_state["env_steps"] / max(timer.seconds["round"], 1e-9))
@@ -257,7 +257,7 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
     return out
 
 
-def _time_shares(seconds: dict[str, float]) -> dict[str, float]:
+def time_shares(seconds: dict[str, float]) -> dict[str, float]:
     """Share of the playing time (evaluation excluded) spent in each part of the loop."""
     total = seconds.get("round", 0.0)
     if total <= 0:

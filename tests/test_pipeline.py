@@ -52,6 +52,8 @@ def make_tiny(repo: Path) -> dict:
     params["train"].update(updates=10, log_every=5, checkpoint_every=5)
     params["world_models"]["dreamer"]["settings"].update(batch_size=4, sequence_length=16)
     params["world_models"]["tdmpc"]["settings"] = {"batch_size": 32}
+    params["finetune"].update(env_steps=40, eval_every=40, eval_episodes=1, train_ratio=0.25)
+    params["evaluate"].update(episodes=1)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -61,12 +63,16 @@ def test_tiny_study_runs_reruns_nothing_and_only_what_a_parameter_touches(repo_c
     params = make_tiny(repo)
     first = sh("dvc", "repro", cwd=repo)
     stages = ran_stages(first.stdout)
-    assert len(stages) == 2 + 4 + 8 + 8 + 1, sorted(stages)
-    assert "train@cartpole_swingup-efficientnet-lite0-tdmpc-1" in stages
-    for name in ("report.md", "report.html", "prediction_error.png", "ood.png", "probe_r2.png", "properties.png"):
+    assert len(stages) == 2 + 4 + 4 * 8 + 1, sorted(stages)
+    assert {"train@cartpole_swingup-efficientnet-lite0-tdmpc-1", "finetune@cartpole_swingup-pixels-dreamer-0",
+            "evaluate@cartpole_swingup-efficientnet-lite0-tdmpc-1"} <= stages
+    for name in ("report.md", "report.html", "prediction_error.png", "ood.png", "probe_r2.png", "properties.png",
+                 "learning_curves.png", "returns_ood.png", "returns.csv"):
         assert (repo / "reports" / name).stat().st_size > 0, name
     quality = repo / "runs/cartpole_swingup/pixels/dreamer/seed1/quality/metrics.json"
     assert {"train", "texture"} <= set(yaml.safe_load(quality.read_text()))
+    returns = repo / "runs/cartpole_swingup/pixels/dreamer/seed1/finetune/evaluation/metrics.json"
+    assert {"train", "texture", "random"} <= set(yaml.safe_load(returns.read_text()))
 
     second = sh("dvc", "repro", cwd=repo)
     assert ran_stages(second.stdout) == set() and "up to date" in second.stdout
@@ -74,7 +80,8 @@ def test_tiny_study_runs_reruns_nothing_and_only_what_a_parameter_touches(repo_c
     params["world_models"]["tdmpc"]["settings"]["lr"] = 1e-3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = sh("dvc", "repro", cwd=repo)
-    expected = {f"{stage}@cartpole_swingup-{encoder}-tdmpc-{seed}" for stage in ("train", "evaluate-model")
+    online = ("train", "evaluate-model", "finetune", "evaluate")
+    expected = {f"{stage}@cartpole_swingup-{encoder}-tdmpc-{seed}" for stage in online
                 for encoder in ("pixels", "efficientnet-lite0") for seed in (0, 1)} | {"report"}
     assert ran_stages(third.stdout) == expected
 
@@ -82,12 +89,13 @@ def test_tiny_study_runs_reruns_nothing_and_only_what_a_parameter_touches(repo_c
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     fourth = sh("dvc", "repro", cwd=repo)
     expected = ({f"encode@cartpole_swingup-{variant}-pixels" for variant in ("train", "texture")}
-                | {f"{stage}@cartpole_swingup-pixels-{wm}-{seed}" for stage in ("train", "evaluate-model")
+                | {f"{stage}@cartpole_swingup-pixels-{wm}-{seed}" for stage in online
                    for wm in ("dreamer", "tdmpc") for seed in (0, 1)} | {"report"})
     assert ran_stages(fourth.stdout) == expected
 
     metrics = sh("dvc", "metrics", "show", cwd=repo).stdout
     assert "quality/metrics.json" in metrics and "live/metrics.json" in metrics
+    assert "evaluation/metrics.json" in metrics and "finetune/live/metrics.json" in metrics
     sh("dvc", "plots", "show", "-o", "plots_html", cwd=repo)
     assert (repo / "plots_html/index.html").exists()
 
@@ -127,3 +135,14 @@ def test_study_command_checks_weights_before_anything_runs(repo_copy):
     assert result.returncode == 0, result.stderr
     assert "1 encode" not in result.stderr and "2 encode" in result.stderr
     assert yaml.safe_load((repo / "params.yaml").read_text())["study"]["encoders"] == ["pixels"]
+
+    # One suite of a study at a time: --set changes values before the checks.
+    result = pvr_pipe("study", "small.yaml", "--no-run", "--set", "study.seeds=[3]", "--set", "study.variants=[train]",
+                      "--set", "evaluate.variants=[train]", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["study"]["seeds"] == [3] and params["study"]["variants"] == ["train"]
+    assert_user_error(pvr_pipe("study", "small.yaml", "--no-run", "--set", "study.seed=[3]", cwd=repo),
+                      "no key 'study.seed'", "seeds")
+    assert_user_error(pvr_pipe("study", "small.yaml", "--no-run", "--set", "study.variants=[train, sepia]", cwd=repo),
+                      "unknown variant 'sepia'")

@@ -1,0 +1,88 @@
+"""Online fine-tuning throughput: agent steps/s of `pvr-pipe finetune`, and where its time goes.
+
+For each encoder x world model: a short random-policy dataset is collected and encoded, a world
+model trained offline for a few updates, then `finetune` plays `--steps` agent steps (train ratio
+as published: dreamer 0.5, tdmpc 1 update per step). Its own timer splits the playing time
+(evaluation excluded) into simulator (env step + render), encoder (the frozen PVR on each new
+frame), agent (acting: dreamer's filter + actor, tdmpc's MPPI planning), learner (gradient
+updates) and other (bookkeeping). Next to it: the bare env rate (step + render), the ceiling of
+the loop. PVR weights: random tensors of the real architecture through the registry's loading
+path (none can be downloaded here; speed does not depend on their values). Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import CollectConfig, EncodeConfig, FinetuneConfig, TrainConfig
+from pipeline.envs import make_env
+from random_weights import write_random_weights
+from stages import collect, encode, finetune, train
+from world_models.checkpoint import load_checkpoint
+
+
+def bare_env_rate(env_id: str, frame_size: int, steps: int) -> float:
+    env = make_env(env_id, frame_size=frame_size)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(env.action_space.sample())
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="dmc/cartpole-swingup")
+    parser.add_argument("--encoders", nargs="+", default=["pixels", "efficientnet-lite0", "dinov2"])
+    parser.add_argument("--world-models", nargs="+", default=["dreamer", "tdmpc"])
+    parser.add_argument("--preset", default="xs")
+    parser.add_argument("--steps", type=int, default=200, help="agent steps online")
+    parser.add_argument("--episode-steps", type=int, default=100)
+    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="pvr-pipe-bench-"))
+    os.environ["PVR_PIPE_WEIGHTS"] = str(tmp / "weights")
+    (tmp / "weights").mkdir()
+    dataset = tmp / "trajectories"
+    collect.run(CollectConfig(env=args.env, episodes=4, max_steps=args.episode_steps, out=dataset),
+                show_progress=False)
+    bare = bare_env_rate(args.env, 64, args.steps)
+    results = []
+    for encoder in args.encoders:
+        if encoder == "dinov2":
+            write_random_weights(encoder, tmp / "weights")
+        store = encode.run(EncodeConfig(model=encoder, dataset=str(dataset), out=str(tmp / f"{encoder}.zarr"),
+                                        device=args.device), show_progress=False)
+        for world_model in args.world_models:
+            settings = {"sequence_length": 32} if world_model == "dreamer" else {}
+            run_dir = train.run(TrainConfig(store=store, world_model=world_model, preset=args.preset, settings=settings,
+                                            updates=10, out=tmp / "runs" / encoder / world_model, device=args.device),
+                                show_progress=False)
+            out = finetune.run(FinetuneConfig(run=run_dir, env_steps=args.steps, eval_every=10 ** 9, eval_episodes=1,
+                                              num_envs=args.num_envs, device=args.device), show_progress=False)
+            progress = load_checkpoint(out / "agent.pt")["progress"]
+            seconds = progress["seconds"]
+            shares = finetune.time_shares(seconds)
+            results.append({"encoder": encoder, "world_model": world_model, "preset": args.preset,
+                            "agent_steps": progress["env_steps"], "updates": progress["updates"],
+                            "agent_steps_per_s": round(progress["env_steps"] / seconds["round"], 2),
+                            "bare_env_steps_per_s": round(bare, 1),
+                            **{f"{part}_share": round(share, 3) for part, share in shares.items()}})
+    print(json.dumps({"benchmark": "finetune", "env": args.env, "num_envs": args.num_envs, "device": args.device,
+                      "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "threads": torch.get_num_threads(),
+                      "torch": torch.__version__, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
