@@ -156,12 +156,15 @@ def iqm_with_ci(values: list[float], reps: int, seed: int) -> tuple[float, float
     return _iqm_with_ci(tuple(float(v) for v in values), reps, seed)
 
 
+def _format(cell: tuple[float, float, float], count: int) -> str:
+    return f"{cell[0]:.3g} [{cell[1]:.3g}, {cell[2]:.3g}]" if count > 1 else f"{cell[0]:.3g}"
+
+
 def _cell(study: Study, rows: list[dict], metric: str) -> str:
     values = [r[metric] for r in rows if r[metric] is not None]
     if not values:
         return "-"
-    mid, low, high = iqm_with_ci(values, study.reps, study.seed)
-    return f"{mid:.3g} [{low:.3g}, {high:.3g}]" if len(values) > 1 else f"{mid:.3g}"
+    return _format(iqm_with_ci(values, study.reps, study.seed), len(values))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -350,10 +353,6 @@ def section_learning_curves(study: Study, out: Path) -> str:
               "mean; step 0 is the offline checkpoint before any online step.")
 
 
-def _format(cell: tuple[float, float, float], count: int) -> str:
-    return f"{cell[0]:.3g} [{cell[1]:.3g}, {cell[2]:.3g}]" if count > 1 else f"{cell[0]:.3g}"
-
-
 def _aggregate_rows(study: Study, rows: list[dict], metric: str) -> tuple[float, float, float]:
     values = [r[metric] for r in rows if r[metric] is not None]
     return iqm_with_ci(values, study.reps, study.seed) if values else (np.nan, np.nan, np.nan)
@@ -382,10 +381,8 @@ def section_returns(study: Study, out: Path) -> str:
     _save(fig, out / "returns_ood.png")
     header = ["encoder", "world model", *(f"return on {v}" for v in variants),
               *(f"OOD score {v} / {train_variant}" for v in variants[1:])]
-    table = [[e, wm, *(_format(_aggregate_rows(study, select(encoder=e, world_model=wm, variant=v), "return"),
-                               len(select(encoder=e, world_model=wm, variant=v))) for v in variants),
-              *(_format(_aggregate_rows(study, select(encoder=e, world_model=wm, variant=v), "ood_score"),
-                        len(select(encoder=e, world_model=wm, variant=v))) for v in variants[1:])]
+    table = [[e, wm, *(_cell(study, select(encoder=e, world_model=wm, variant=v), "return") for v in variants),
+              *(_cell(study, select(encoder=e, world_model=wm, variant=v), "ood_score") for v in variants[1:])]
              for wm in world_models for e in encoders]
     return (_table(header, table) + "\n\nOOD score: mean return on the look / mean return on the training look, per "
             "agent (the paper's normalised OOD performance); every look is played from the same start states.\n\n"
@@ -407,8 +404,8 @@ def section_returns_by_property(study: Study, out: Path) -> str:
             for g in groups:
                 train = [r for r in rows if r[prop] == g and r["world_model"] == wm and r["variant"] == train_variant]
                 ood = [r for r in rows if r[prop] == g and r["world_model"] == wm and r["variant"] != train_variant]
-                table.append([g, wm, _format(_aggregate_rows(study, train, "return"), len(train)),
-                              _format(_aggregate_rows(study, ood, "ood_score"), len(ood))])
+                table.append([g, wm, _cell(study, train, "return"),
+                              _cell(study, ood, "ood_score")])
         parts.append(f"**By {label}**\n\n" + _table([label, "world model", f"return on {train_variant}",
                                                       "OOD score (all OOD looks)"], table))
     return "\n\n".join(parts) if parts else "All evaluated encoders share the same properties; nothing to group."
