@@ -172,3 +172,40 @@ def test_bad_inputs_give_one_line(toy_run, tmp_path):
     assert_user_error(pvr_pipe("collect", "--env", "dmc/cartpole-swingup", "--policy", f"agent:{run_dir}",
                                "--out", tmp_path / "c"), "2-d actions", "1-d ones")
     assert not (tmp_path / "f").exists() and not (tmp_path / "c").exists()
+
+
+def run_suite_through_every_stage(tmp_path, env_id, world_model, settings):
+    """collect -> encode (pixels) -> train -> finetune -> evaluate, through the real command."""
+    steps = ["--episodes", 3, "--max-steps", 12, "--episodes-per-shard", 3, "--seed", 1]
+    commands = [
+        ["collect", "--env", env_id, *steps, "--out", tmp_path / "data", "--quiet"],
+        ["encode", "--model", "pixels", "--dataset", tmp_path / "data", "--out", tmp_path / "pixels.zarr", "--quiet"],
+        ["train", "--store", tmp_path / "pixels.zarr", "--world-model", world_model, "--preset", "xs", "--updates", 3,
+         *(arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")), "--out", tmp_path / "run",
+         "--quiet"],
+        ["finetune", "--run", tmp_path / "run", "--env-steps", 12, "--eval-every", 12, "--eval-episodes", 1,
+         "--train-ratio", 0.25, "--quiet"],
+        ["evaluate", "--run", tmp_path / "run/finetune", "--episodes", 1],
+    ]
+    for command in commands:
+        result = pvr_pipe(*command, timeout=600)
+        assert result.returncode == 0, (command[0], result.stderr[-2000:])
+    return json.loads((tmp_path / "run/finetune/evaluation/metrics.json").read_text())
+
+
+@pytest.mark.parametrize("world_model", ["dreamer", "tdmpc"])
+def test_discrete_miniworld_runs_through_finetune_and_evaluate(tmp_path, world_model):
+    settings = {"sequence_length": 8, "batch_size": 4} if world_model == "dreamer" else {"batch_size": 8}
+    metrics = run_suite_through_every_stage(tmp_path, "miniworld/OneRoom-v0", world_model, settings)
+    assert {"train", "wall_texture", "floor_texture", "lighting", "object_color"} <= set(metrics)
+    online = read_store(str(tmp_path / "run/finetune/online.zarr"))[0]
+    assert set(np.unique(online["action"][online["is_last"] == 0])) <= {0.0, 1.0}   # one-hot, as collected
+    assert (online["action"][online["is_last"] == 0].sum(1) == 1).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", ["maniskill/PickCube-v1", "maniskill2/PickCube-v0"])
+def test_maniskill_runs_through_finetune_and_evaluate(tmp_path, env_id):
+    metrics = run_suite_through_every_stage(tmp_path, env_id, "tdmpc", {"batch_size": 8})
+    assert {"train", "object_color", "lighting", "camera"} <= set(metrics)
+    assert all(len(metrics[look]["returns"]) == 1 for look in ("train", "lighting"))
