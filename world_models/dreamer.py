@@ -299,6 +299,5 @@ def adaptive_gradient_clip(parameters, ratio: float, eps: float = 1e-3) -> None:
         if p.grad is None:
             continue
         limit = ratio * p.detach().norm().clamp(min=eps)
-        norm = p.grad.norm()
-        if norm > limit:
-            p.grad.mul_(limit / norm)
+        # min(1, limit / norm) as a tensor: a Python `if` on it would wait for the GPU once per tensor
+        p.grad.mul_((limit / p.grad.norm().clamp(min=1e-12)).clamp(max=1.0))

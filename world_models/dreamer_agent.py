@@ -63,10 +63,10 @@ class DreamerAgent(nn.Module):
         out = self.actor(feat)
         if self.discrete:
             probs = (1 - self.cfg.unimix) * F.softmax(out, -1) + self.cfg.unimix / self.action_dim
-            return OneHotCategorical(probs=probs)
+            return OneHotCategorical(probs=probs, validate_args=False)   # validation reads back from the GPU
         mean, std = out.chunk(2, -1)
         std = (self.cfg.actor_max_std - self.cfg.actor_min_std) * torch.sigmoid(std + 2.0) + self.cfg.actor_min_std
-        return Independent(Normal(torch.tanh(mean), std), 1)
+        return Independent(Normal(torch.tanh(mean), std, validate_args=False), 1, validate_args=False)
 
     def sample_action(self, dist, explore: bool, differentiable: bool = False) -> torch.Tensor:
         if self.discrete:
