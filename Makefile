@@ -97,3 +97,4 @@ bench: setup
 	$(BIN)/python benchmarks/collect.py
 	$(BIN)/python benchmarks/encode.py
 	$(BIN)/python benchmarks/cache_payoff.py
+	$(BIN)/python benchmarks/finetune.py

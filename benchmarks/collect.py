@@ -1,9 +1,10 @@
 """Collection throughput vs the bare simulator, measured side by side in one process.
 
-ratio = steps/s of `pvr-pipe collect` (in-process, one worker: env + policy + frame encoding +
-shard writing + hashing + manifest) / steps/s of the bare env loop (the suite's own step and
-render calls, no pvr-pipe code, rendering the same single camera), for the same env, frame size
-and number of steps. Repeats are interleaved and the medians compared. Also reports
+ratio = steps/s of `pvr-pipe collect` (in-process, one worker: building the env, policy, frame
+encoding, shard writing, hashing, manifest) / steps/s of the bare env loop (building the env and
+the suite's own step and render calls, no pvr-pipe code, rendering the same single camera), for
+the same env, frame size, episodes and step cap; steps are those played (an episode may end
+before the cap). Repeats are interleaved and the medians compared. Also reports
 `--workers 2` against the same bare rate. Suites: dmc/, miniworld/, maniskill/ (ManiSkill 3) and
 maniskill2/ (its bare loop runs in its own virtualenv, the same way the worker does). Prints one
 JSON document.
@@ -34,10 +35,10 @@ def bare_dmc_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> fl
     from dm_control import suite
 
     domain, task = env_id.removeprefix("dmc/").split("-", 1)
+    start = time.perf_counter()
     env = suite.load(domain, task, task_kwargs={"random": 0})
     spec = env.action_spec()
     rng = np.random.default_rng(0)
-    start = time.perf_counter()
     for _ in range(episodes):
         env.reset()
         env.physics.render(frame_size, frame_size, camera_id=0)
@@ -57,9 +58,10 @@ def bare_miniworld_rate(env_id: str, frame_size: int, episodes: int, steps: int)
     pyglet.options["headless"] = True
     import miniworld  # noqa: F401  (registers MiniWorld-*)
 
-    env = gymnasium.make(f"MiniWorld-{env_id.removeprefix('miniworld/')}", obs_width=frame_size,
-                         obs_height=frame_size, window_width=frame_size, window_height=frame_size)
-    return _timed_gym_loop(env, episodes, steps)
+    return _timed_gym_loop(lambda: gymnasium.make(f"MiniWorld-{env_id.removeprefix('miniworld/')}",
+                                                  obs_width=frame_size, obs_height=frame_size,
+                                                  window_width=frame_size, window_height=frame_size),
+                           episodes, steps)
 
 
 def bare_maniskill_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
@@ -71,21 +73,25 @@ def bare_maniskill_rate(env_id: str, frame_size: int, episodes: int, steps: int)
     maniskill._select_lavapipe()
     import mani_skill.envs  # noqa: F401
 
-    env = gymnasium.make(env_id.removeprefix("maniskill/"), obs_mode="rgb", control_mode=maniskill.CONTROL_MODE,
-                         robot_uids=maniskill.ROBOT, sim_backend="cpu", render_backend="cpu",
-                         sensor_configs={"width": frame_size, "height": frame_size})
-    del env.unwrapped.scene.sensors["base_camera"]
-    return _timed_gym_loop(env, episodes, steps, single_action_space=True)
+    def build():
+        env = gymnasium.make(env_id.removeprefix("maniskill/"), obs_mode="rgb", control_mode=maniskill.CONTROL_MODE,
+                             robot_uids=maniskill.ROBOT, sim_backend="cpu", render_backend="cpu",
+                             sensor_configs={"width": frame_size, "height": frame_size})
+        del env.unwrapped.scene.sensors["base_camera"]
+        return env
+
+    return _timed_gym_loop(build, episodes, steps, single_action_space=True)
 
 
 MANISKILL2_LOOP = """
-import json, sys, time
+import json, sys
 import numpy as np
 import mani_skill2.envs
 from mani_skill2.utils.registration import REGISTERED_ENVS
 task, size, episodes, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-env = REGISTERED_ENVS[task].cls(obs_mode="state_dict", control_mode="pd_ee_delta_pose",
-                                camera_cfgs={"width": size, "height": size, "texture_names": ("Color",)})
+spec = REGISTERED_ENVS[task]
+env = spec.cls(obs_mode="state_dict", control_mode="pd_ee_delta_pose",
+               camera_cfgs={"width": size, "height": size, "texture_names": ("Color",)})
 camera = env._cameras["hand_camera"]
 
 def render():
@@ -94,14 +100,15 @@ def render():
     return camera.get_images()["Color"]
 
 rng = np.random.default_rng(0)
-start = time.perf_counter()
+played = 0
 for episode in range(episodes):
     env.reset(seed=episode)
     render()
-    for _ in range(steps):
+    for _ in range(min(steps, spec.max_episode_steps)):
         env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
         render()
-print(json.dumps(episodes * steps / (time.perf_counter() - start)))
+        played += 1
+print(json.dumps(played))
 """
 
 
@@ -111,26 +118,32 @@ def bare_maniskill2_rate(env_id: str, frame_size: int, episodes: int, steps: int
 
     from pipeline.envs import maniskill2
 
+    start = time.perf_counter()   # its own interpreter, as the collect worker has
     result = subprocess.run([str(maniskill2.WORKER_PYTHON), "-c", MANISKILL2_LOOP, env_id.removeprefix("maniskill2/"),
                              str(frame_size), str(episodes), str(steps)], capture_output=True, text=True,
                             env=os.environ | maniskill2.render_environment(), check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+    return int(result.stdout.strip().splitlines()[-1]) / (time.perf_counter() - start)
 
 
 def bare_gym_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
     """Envs built into pvr-pipe (toy): the env is its own bare loop."""
-    return _timed_gym_loop(make_env(env_id, frame_size=frame_size), episodes, steps)
+    return _timed_gym_loop(lambda: make_env(env_id, frame_size=frame_size), episodes, steps)
 
 
-def _timed_gym_loop(env, episodes: int, steps: int, single_action_space: bool = False) -> float:
+def _timed_gym_loop(build, episodes: int, steps: int, single_action_space: bool = False) -> float:
+    start = time.perf_counter()
+    env = build()
     space = env.unwrapped.single_action_space if single_action_space else env.action_space
     space.seed(0)
-    start = time.perf_counter()
+    played = 0
     for episode in range(episodes):
         env.reset(seed=episode)
         for _ in range(steps):
-            env.step(space.sample())
-    return episodes * steps / (time.perf_counter() - start)
+            _, _, terminated, truncated, _ = env.step(space.sample())
+            played += 1
+            if terminated or truncated:
+                break
+    return played / (time.perf_counter() - start)
 
 
 BARE_LOOPS = {"dmc": bare_dmc_rate, "miniworld": bare_miniworld_rate, "maniskill": bare_maniskill_rate,
@@ -144,8 +157,8 @@ def collect_rate(env_id: str, frame_size: int, episodes: int, steps: int, worker
                             episodes_per_shard=max(1, episodes // workers), workers=workers,
                             image_format=image_format, out=Path(tmp) / "ds")
         start = time.perf_counter()
-        collect.run(cfg, show_progress=False)
-        return episodes * steps / (time.perf_counter() - start)
+        manifest = collect.run(cfg, show_progress=False)
+        return manifest.steps / (time.perf_counter() - start)
 
 
 def main() -> None:
