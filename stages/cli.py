@@ -97,6 +97,13 @@ def parse_settings(pairs: tuple[str, ...]) -> dict | None:
     return settings or None
 
 
+def load_config_with_settings(config_class, config_refs: tuple[str, ...], options: dict, pairs: tuple[str, ...]):
+    """The stage's config with `--set KEY=VALUE` pairs merged over the settings its config files give."""
+    given = parse_settings(pairs)
+    cfg = load_config(config_class, config_refs, options)
+    return cfg.model_copy(update={"settings": {**cfg.settings, **given}}) if given else cfg
+
+
 @cli.command()
 @click.option("--config", "config_refs", metavar="FILE[:SECTION]", multiple=True, help=CONFIG_HELP)
 @click.option("--store", help="Embedding store (Zarr) made by `pvr-pipe encode`.")
@@ -117,10 +124,7 @@ def train(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, 
     """Train a world model offline on cached embeddings; resumes from its last checkpoint."""
     from stages import train as train_stage
 
-    given = parse_settings(settings)
-    cfg = load_config(TrainConfig, config_refs, options)
-    if given:
-        cfg = cfg.model_copy(update={"settings": {**cfg.settings, **given}})
+    cfg = load_config_with_settings(TrainConfig, config_refs, options, settings)
     click.echo(train_stage.run(cfg, show_progress=not quiet))
 
 
@@ -169,10 +173,7 @@ def finetune(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: boo
     """Learn online with the frozen PVR in the loop, from an offline run or from nothing; resumable."""
     from stages import finetune as finetune_stage
 
-    given = parse_settings(settings)
-    cfg = load_config(FinetuneConfig, config_refs, options)
-    if given:
-        cfg = cfg.model_copy(update={"settings": {**cfg.settings, **given}})
+    cfg = load_config_with_settings(FinetuneConfig, config_refs, options, settings)
     click.echo(finetune_stage.run(cfg, show_progress=not quiet))
 
 

@@ -66,10 +66,13 @@ def env_settings(attrs: dict) -> dict[str, Any]:
                                          "fast_render", "max_steps")}
 
 
+def env_options(settings: dict) -> dict[str, Any]:
+    """`make_env` options that render as the store's dataset was rendered."""
+    return {key: settings[key] for key in ("frame_size", "action_repeat", "camera", "fast_render")}
+
+
 def make_pool(settings: dict, variant: str, count: int) -> EnvPool:
-    return EnvPool(settings["env"], variant, settings["variant_seed"], count, frame_size=settings["frame_size"],
-                   action_repeat=settings["action_repeat"], camera=settings["camera"],
-                   fast_render=settings["fast_render"])
+    return EnvPool(settings["env"], variant, settings["variant_seed"], count, **env_options(settings))
 
 
 def episode_seeds(seed: int, stream: int, index: int, count: int) -> list[int]:
@@ -78,9 +81,7 @@ def episode_seeds(seed: int, stream: int, index: int, count: int) -> list[int]:
 
 def random_returns(settings: dict, variant: str, seeds: list[int], max_steps: int | None) -> list[float]:
     """Returns of uniformly random actions on the given episode seeds: the floor of every curve."""
-    env = make_env(settings["env"], variant, settings["variant_seed"], frame_size=settings["frame_size"],
-                   action_repeat=settings["action_repeat"], camera=settings["camera"],
-                   fast_render=settings["fast_render"])
+    env = make_env(settings["env"], variant, settings["variant_seed"], **env_options(settings))
     try:
         policy = RandomPolicy(env.action_space)
         return [collect_episode(env, policy, seed, seed, max_steps).total_return for seed in seeds]
