@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -27,8 +27,7 @@ from pipeline.policies import Policy, make_policy
 from pipeline.provenance import code_version
 from pipeline.storage.episode import Episode
 from pipeline.storage.manifest import ShardRecord, TrajectoryManifest
-from pipeline.storage.trajectory_writer import (TrajectoryDatasetWriter, encode_episode, encode_frame,
-                                                episode_key, shard_name, write_shard)
+from pipeline.storage.trajectory_writer import BackgroundShardWriter, TrajectoryDatasetWriter, episode_key, shard_name
 
 
 def episode_seeds(seed: int, episodes: int) -> list[tuple[int, int]]:
@@ -43,7 +42,7 @@ def collect_episode(env: gymnasium.Env, policy: Policy, env_seed: int, policy_se
     """Run one episode to its end (or `max_steps`) in the RLDS step convention.
 
     Actions are stored as vectors (`pipeline.envs.actions`: one-hot for discrete envs). `on_frame`
-    sees each frame as soon as it is rendered (collection encodes it in a thread).
+    sees each frame as soon as it is rendered (collection hands it to the shard's writer process).
     """
     observation, _ = env.reset(seed=env_seed)
     policy.reset(policy_seed)
@@ -91,32 +90,21 @@ def collect_shard(cfg: CollectConfig, index: int, out_dir: Path,
     first = index * cfg.episodes_per_shard
     indices = range(first, min(first + cfg.episodes_per_shard, cfg.episodes))
     keys, steps, returns = [], [], []
-    # Frames are encoded in a thread while the simulator renders the next ones (both release the GIL).
-    frame_encoder = ThreadPoolExecutor(1)
-
-    def samples():
+    with BackgroundShardWriter(out_dir / shard_name(index), cfg.image_format, cfg.jpeg_quality) as writer:
         for i in indices:
             env_seed, policy_seed = seeds[i]
-            encoding = []
-
-            def encode_in_background(frame: np.ndarray) -> None:
-                encoding.append(frame_encoder.submit(encode_frame, frame, cfg.image_format, cfg.jpeg_quality))
-
-            episode = collect_episode(env, policy, env_seed, policy_seed, cfg.max_steps, encode_in_background)
+            episode = collect_episode(env, policy, env_seed, policy_seed, cfg.max_steps, writer.add_frame)
             episode.meta = {"env": cfg.env, "variant": cfg.variant, "variant_seed": cfg.variant_seed,
                             "policy": policy.name, "episode_index": i, "env_seed": env_seed,
                             "policy_seed": policy_seed, "steps": episode.steps,
                             "return": episode.total_return}
+            writer.add_episode(episode_key(i), episode)
             keys.append(episode_key(i))
             steps.append(episode.steps)
             returns.append(episode.total_return)
-            frames = [future.result() for future in encoding]
-            yield episode_key(i), encode_episode(episode, cfg.image_format, encoded_frames=frames)
             if on_episode:
                 on_episode()
-
-    with frame_encoder:
-        sha256, size = write_shard(out_dir / shard_name(index), samples())
+        sha256, size = writer.finish()
     return ShardRecord(name=shard_name(index), sha256=sha256, bytes=size, episode_keys=keys,
                        episode_seeds=[seeds[i][0] for i in indices], episode_steps=steps,
                        episode_returns=returns)

@@ -1,5 +1,6 @@
 """Write episodes into WebDataset shards and manage a dataset directory while it is collected.
 
+Shards are written by a child process while the simulator plays (`BackgroundShardWriter`).
 A shard is written under a temporary name and renamed when complete. Which shards are complete
 is recorded in `.progress.json` (with the config fingerprint), so an interrupted collection
 resumes; `manifest.json` appears only when every shard is done.
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
+import queue
+import signal
+import threading
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,24 +50,20 @@ def encode_frame(frame: np.ndarray, image_format: str = "png", jpeg_quality: int
     return buffer.getvalue()
 
 
-def encode_episode(episode: Episode, image_format: str = "png", jpeg_quality: int = 95,
-                   encoded_frames: list[bytes] | None = None) -> dict[str, bytes]:
-    """The WebDataset sample of one episode: npy step arrays, meta.json, one image per frame.
-
-    `encoded_frames` are the frames already encoded with `encode_frame` (e.g. in a thread while
-    the simulator rendered the next ones); otherwise they are encoded here.
-    """
+def episode_arrays_sample(episode: Episode) -> dict[str, bytes]:
+    """An episode's WebDataset sample without its frames: meta.json and one npy per step array."""
     sample = {"meta.json": json.dumps(episode.meta, sort_keys=True).encode()}
     for name in STEP_ARRAYS:
         buffer = io.BytesIO()
         np.save(buffer, getattr(episode, name), allow_pickle=False)
         sample[f"{name}.npy"] = buffer.getvalue()
-    if encoded_frames is None:
-        encoded_frames = [encode_frame(frame, image_format, jpeg_quality) for frame in episode.frames]
-    extension = _EXTENSION[image_format]
-    for t, data in enumerate(encoded_frames):
-        sample[f"frame.{t:06d}.{extension}"] = data
     return sample
+
+
+def frames_sample(encoded_frames: list[bytes], image_format: str) -> dict[str, bytes]:
+    """An episode's frames as sample entries: one image per frame, in step order."""
+    extension = _EXTENSION[image_format]
+    return {f"frame.{t:06d}.{extension}": data for t, data in enumerate(encoded_frames)}
 
 
 def write_shard(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[str, int]:
@@ -77,6 +79,114 @@ def write_shard(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> 
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return sha256_file(path), path.stat().st_size
+
+
+class BackgroundShardWriter:
+    """Writes one shard in a child process while the caller plays its episodes.
+
+    The caller hands over each frame as it is rendered and each episode's step arrays when it
+    ends; the child encodes the frames (a chunk at a time, so the hand-over costs little per
+    frame), builds the samples and writes the tar. For small frames PIL's writer and tarfile are
+    mostly Python, so a thread would share the GIL with the simulator's Python; a process does
+    not. The child is forked: it starts in milliseconds with these modules already imported,
+    and runs only this module's code, never the parent's GL or simulator state.
+    """
+
+    def __init__(self, path: Path, image_format: str = "png", jpeg_quality: int = 95, chunk: int = 32):
+        context = multiprocessing.get_context("fork")
+        self.path, self.chunk = path, chunk
+        inbox, self._inbox = context.Pipe(duplex=False)
+        self._results, outbox = context.Pipe(duplex=False)
+        self._process = context.Process(target=_write_shard_from_inbox, daemon=True, args=(
+            path, image_format, jpeg_quality, inbox, outbox, (self._inbox, self._results)))
+        self._process.start()
+        # Each end now lives in one process only, so either side sees the other one die
+        # (EOFError, BrokenPipeError) instead of waiting on it.
+        inbox.close()
+        outbox.close()
+        self._frames: list[np.ndarray] = []
+        self._outgoing: queue.Queue = queue.Queue()
+        self._sender = threading.Thread(target=self._send_in_order, daemon=True)
+        self._sender.start()
+
+    def add_frame(self, frame: np.ndarray) -> None:
+        self._frames.append(frame)
+        if len(self._frames) >= self.chunk:
+            self._send_frames()
+
+    def add_episode(self, key: str, episode: Episode) -> None:
+        """The episode whose frames were the ones added since the previous episode."""
+        self._send_frames()
+        self._outgoing.put((key, episode_arrays_sample(episode)))
+
+    def finish(self) -> tuple[str, int]:
+        """Wait for the shard to be written; (sha256, size) as `write_shard` returns them."""
+        self._outgoing.put(None)
+        try:
+            result = self._results.recv()
+        except EOFError:
+            self._process.join()
+            raise RuntimeError(f"the process writing '{self.path}' died (exit code {self._process.exitcode}); "
+                               "run the same command again to resume") from None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _send_frames(self) -> None:
+        if self._frames:
+            self._outgoing.put(np.stack(self._frames))
+            self._frames = []
+
+    def _send_in_order(self) -> None:
+        # Sending waits while the child is busy; this thread keeps that wait out of the caller's loop.
+        while (message := self._outgoing.get()) is not _STOP_SENDING:
+            try:
+                self._inbox.send(message)
+            except OSError:  # the child is gone; finish() says so
+                return
+
+    def close(self) -> None:
+        if self._process.is_alive():  # left before finish(): the partial file stays, as after a crash
+            self._process.terminate()
+        self._process.join()
+        self._outgoing.put(_STOP_SENDING)
+        self._sender.join()
+        self._inbox.close()
+        self._results.close()
+
+    def __enter__(self) -> BackgroundShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_STOP_SENDING = object()
+
+
+def _write_shard_from_inbox(path: Path, image_format: str, jpeg_quality: int, inbox: Connection,
+                            outbox: Connection, parent_ends: tuple[Connection, Connection]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent stops this child
+    for end in parent_ends:
+        end.close()
+
+    def samples():
+        encoded: list[bytes] = []
+        while (message := inbox.recv()) is not None:
+            if isinstance(message, np.ndarray):
+                encoded += [encode_frame(frame, image_format, jpeg_quality) for frame in message]
+            else:
+                key, sample = message
+                yield key, sample | frames_sample(encoded, image_format)
+                encoded = []
+
+    try:
+        result = write_shard(path, samples())
+    except EOFError:  # the parent is gone: nobody to write for
+        return
+    except Exception as error:  # handed to the parent, which raises it
+        result = error
+    outbox.send(result)
 
 
 class CollectionProgress(BaseModel):
