@@ -151,14 +151,15 @@ BARE_LOOPS = {"dmc": bare_dmc_rate, "miniworld": bare_miniworld_rate, "maniskill
 
 
 def collect_rate(env_id: str, frame_size: int, episodes: int, steps: int, workers: int,
-                 image_format: str) -> float:
+                 image_format: str) -> tuple[float, int]:
+    """(steps/s, steps played)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = CollectConfig(env=env_id, frame_size=frame_size, episodes=episodes, max_steps=steps,
                             episodes_per_shard=max(1, episodes // workers), workers=workers,
                             image_format=image_format, out=Path(tmp) / "ds")
         start = time.perf_counter()
         manifest = collect.run(cfg, show_progress=False)
-        return manifest.steps / (time.perf_counter() - start)
+        return manifest.steps / (time.perf_counter() - start), manifest.steps
 
 
 def main() -> None:
@@ -181,14 +182,15 @@ def main() -> None:
             rates = {"bare": [], "collect": [], "collect_2_workers": []}
             for _ in range(args.repeats):
                 rates["bare"].append(bare(env_id, size, args.episodes, args.steps))
-                rates["collect"].append(collect_rate(env_id, size, args.episodes, args.steps, 1,
-                                                     image_format))
+                rate, played = collect_rate(env_id, size, args.episodes, args.steps, 1, image_format)
+                rates["collect"].append(rate)
                 rates["collect_2_workers"].append(collect_rate(env_id, size, args.episodes, args.steps,
-                                                               2, image_format))
+                                                               2, image_format)[0])
             median = {k: statistics.median(v) for k, v in rates.items()}
             results.append({
                 "env": env_id, "frame_size": size, "image_format": image_format,
-                "steps_per_run": args.episodes * args.steps, "repeats": args.repeats,
+                "episodes_per_run": args.episodes, "max_steps": args.steps, "steps_played_per_run": played,
+                "repeats": args.repeats,
                 "bare_steps_per_s": round(median["bare"], 1),
                 "collect_steps_per_s": round(median["collect"], 1),
                 "collect_2_workers_steps_per_s": round(median["collect_2_workers"], 1),
