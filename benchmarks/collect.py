@@ -13,6 +13,8 @@ JSON document.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -58,10 +60,12 @@ def bare_miniworld_rate(env_id: str, frame_size: int, episodes: int, steps: int)
     pyglet.options["headless"] = True
     import miniworld  # noqa: F401  (registers MiniWorld-*)
 
-    return _timed_gym_loop(lambda: gymnasium.make(f"MiniWorld-{env_id.removeprefix('miniworld/')}",
-                                                  obs_width=frame_size, obs_height=frame_size,
-                                                  window_width=frame_size, window_height=frame_size),
-                           episodes, steps)
+    def build():
+        with contextlib.redirect_stdout(io.StringIO()):  # its GL fallback notes would corrupt the JSON
+            return gymnasium.make(f"MiniWorld-{env_id.removeprefix('miniworld/')}", obs_width=frame_size,
+                                  obs_height=frame_size, window_width=frame_size, window_height=frame_size)
+
+    return _timed_gym_loop(build, episodes, steps)
 
 
 def bare_maniskill_rate(env_id: str, frame_size: int, episodes: int, steps: int) -> float:
@@ -197,6 +201,7 @@ def main() -> None:
                 "ratio": round(median["collect"] / median["bare"], 3),
                 "ratio_2_workers": round(median["collect_2_workers"] / median["bare"], 3),
                 "target_ratio": 0.90,
+                "runs_steps_per_s": {k: [round(rate, 1) for rate in v] for k, v in rates.items()},
             })
     print(json.dumps({"benchmark": "collect", "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                       "results": results}, indent=2))
