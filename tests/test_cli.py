@@ -130,3 +130,11 @@ def test_shipped_env_configs_are_valid():
     assert configs
     for path in configs:
         load_config(CollectConfig, [str(path)], {})
+
+
+def test_collect_into_an_unwritable_place_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    result = pvr_pipe("collect", "--env", "toy/pointmass-reach", "--episodes", "1", "--out", blocker / "ds")
+    assert_user_error(result, "cannot create the output directory", "--out")
+    assert blocker.read_text() == "keep me"

@@ -241,7 +241,11 @@ class TrajectoryDatasetWriter:
         return self.root / shard_name(index)
 
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the output directory '{self.root}' ({error.strerror}); "
+                            "choose a writable --out") from None
         write_json_atomic(self.root / PROGRESS_NAME, self.progress.model_dump(mode="json"))
 
     def record(self, record: ShardRecord) -> None:
