@@ -33,6 +33,16 @@ def test_two_hot_round_trips_and_puts_mass_on_two_neighbours(bins, to_bins, from
     torch.testing.assert_close(from_bins(two_hot_decode(encoded, bins)), values, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("bins", [dreamer_bins(), tdmpc_bins()], ids=["dreamer", "tdmpc"])
+def test_a_uniform_distribution_decodes_to_zero_in_float32(bins):
+    # A zero-initialised reward head or critic predicts the uniform distribution; a plain float32
+    # sum over DreamerV3's bins gives -0.316 for it.
+    uniform = torch.full((3, len(bins)), 1.0 / len(bins))
+    assert two_hot_decode(uniform, bins).abs().max() < 1e-6
+    # The order of the sum changes nothing else: a peaked distribution still decodes to its value.
+    assert abs(two_hot_decode(two_hot(torch.tensor([2.5]), bins), bins).item() - 2.5) < 1e-5
+
+
 def test_two_hot_clamps_out_of_range_values_to_the_end_bins():
     bins = tdmpc_bins()
     encoded = two_hot(torch.tensor([-50.0, 50.0]), bins)

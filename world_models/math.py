@@ -46,8 +46,16 @@ def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 
 
 def two_hot_decode(probs: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """(..., K) probabilities -> (...,) expected value over the bins."""
-    return (probs * bins).sum(-1)
+    """(..., K) probabilities -> (...,) expected value over the bins.
+
+    Each bin below the middle is added to its mirror image above it before the sum: a plain
+    left-to-right float32 sum over DreamerV3's bins (up to 4.9e8) leaves -0.316 for a uniform
+    distribution, the first prediction of a zero-initialised head (danijar/dreamerv3 outs.TwoHot).
+    """
+    count, half = bins.shape[-1], bins.shape[-1] // 2
+    terms = probs * bins
+    pairs = terms[..., :half].flip(-1) + terms[..., count - half:]
+    return terms[..., half:count - half].sum(-1) + pairs.sum(-1)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
