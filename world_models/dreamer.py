@@ -1,23 +1,38 @@
 """DreamerV3's world model on cached embeddings (or pixels): RSSM, decoder, reward and continue heads.
 
-The deterministic state h follows a GRU; the stochastic state z is `stoch` categoricals of
-`classes` classes each, mixed with 1% uniform (unimix) and sampled with straight-through
-gradients. The prior p(z_t | h_t) is trained towards the posterior q(z_t | h_t, embed_t) with
-KL balancing: dyn (prior towards a stopped posterior) and rep (posterior towards a stopped
-prior), each clipped below at `free_nats`. Inputs follow DreamerV3's convention: frame t is
-paired with the action that led to it (`prev_action`) and the reward received on arriving.
+Layers follow danijar/dreamerv3 (rssm.py, embodied/jax/nets.py, heads.py): every hidden layer is
+Linear -> RMSNorm -> SiLU, weights are drawn from a truncated normal with variance 1 / fan-in
+(times an output scale: 0 for the reward head, so it starts at the uniform distribution) and
+biases start at 0.
+
+The deterministic state h follows the reference's block GRU: the previous h, the stochastic
+state and the action (scaled into [-1, 1] by max(1, |a|)) each pass through a layer of their
+own; `blocks` groups of h each see their own slice of h and all three of those features, through
+block-diagonal layers; the update gate's bias is -1, so h is kept by default. The stochastic
+state z is `stoch` categoricals of `classes` classes each, mixed with 1% uniform (unimix) and
+sampled with straight-through gradients. The prior p(z_t | h_t) (two hidden layers) is trained
+towards the posterior q(z_t | h_t, embed_t) (one hidden layer) with KL balancing: dyn (prior
+towards a stopped posterior) and rep (posterior towards a stopped prior), each clipped below at
+`free_nats`. Inputs follow DreamerV3's convention: frame t is paired with the action that led to
+it (`prev_action`) and the reward received on arriving.
+
+A PVR embedding enters in symlog: through one linear map (`embed_head: linear`, the paper's
+frozen PVR + linear mapping) or through the reference's vector encoder (`mlp`: `mlp_layers`
+hidden layers). The decoder reconstructs the symlog embedding with the reference's vector
+decoder (`mlp_layers` hidden layers). Pixels use a CNN encoder and decoder instead.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_models.layers import NormedLinear, mlp
 from world_models.math import dreamer_bins, soft_cross_entropy, symlog, two_hot, two_hot_decode
+from world_models.optimizers import LaProp
 
 
 @dataclass(frozen=True)
@@ -26,8 +41,10 @@ class DreamerConfig:
     hidden: int = 256
     stoch: int = 32
     classes: int = 16
+    blocks: int = 8                # groups of the block GRU; must divide `deter`
     units: int = 256
-    head_layers: int = 1
+    mlp_layers: int = 3            # hidden layers of the vector encoder (embed_head=mlp), decoder, actor and critic
+    head_layers: int = 1           # hidden layers of the reward and continue heads
     cnn_depth: int = 16
     embed_head: str = "linear"    # linear or mlp, on the PVR embedding (the paper: linear is enough)
     unimix: float = 0.01
@@ -36,6 +53,7 @@ class DreamerConfig:
     rep_scale: float = 0.1
     lr: float = 4e-5
     agc: float = 0.3               # adaptive gradient clipping: |g| <= agc * max(|w|, 1e-3) per tensor
+    warmup: int = 1000             # updates over which the learning rate rises linearly from 0
     batch_size: int = 16
     sequence_length: int = 64
     # behaviour: actor-critic trained in imagination (world_models/dreamer_agent.py)
@@ -43,12 +61,13 @@ class DreamerConfig:
     return_horizon: float = 333.0  # discount = 1 - 1 / return_horizon
     return_lambda: float = 0.95
     actor_entropy: float = 3e-4
-    actor_grad: str = "auto"       # auto: dynamics for continuous actions, reinforce for discrete ones
+    actor_grad: str = "reinforce"  # reinforce, dynamics, or auto (dynamics for continuous actions only)
     actor_min_std: float = 0.1
     actor_max_std: float = 1.0
     slow_critic_rate: float = 0.02
     slow_critic_reg: float = 1.0
     return_norm_decay: float = 0.99
+    repval_scale: float = 0.3      # the critic's loss on replayed states, next to its loss in imagination
 
     @property
     def frame_stack(self) -> int:
@@ -60,7 +79,8 @@ class DreamerConfig:
 
 # Settings that shape the weights; the rest (learning, imagination, actor) may change between
 # offline training and fine-tuning.
-ARCHITECTURE = ("deter", "hidden", "stoch", "classes", "units", "head_layers", "cnn_depth", "embed_head")
+ARCHITECTURE = ("deter", "hidden", "stoch", "classes", "blocks", "units", "mlp_layers", "head_layers", "cnn_depth",
+                "embed_head")
 
 # `m` is DreamerV3's size12m and `l` its size200m (danijar/dreamerv3 configs.yaml); `s` is a
 # quarter of size12m for CPU studies, `xs` is for tests.
@@ -71,6 +91,48 @@ PRESETS = {
     "l": DreamerConfig(deter=8192, hidden=1024, classes=64, units=1024, cnn_depth=64),
 }
 
+
+# -- layers ---------------------------------------------------------------------------------------
+def _init_weight(weight: torch.Tensor, fan_in: int, scale: float) -> None:
+    """DreamerV3's trunc_normal_in: a normal cut at 2 std, rescaled (1.1368) to variance scale^2 / fan_in."""
+    with torch.no_grad():
+        nn.init.trunc_normal_(weight, std=1.0, a=-2.0, b=2.0)
+        weight.mul_(1.1368 * scale / math.sqrt(fan_in))
+
+
+def linear(in_features: int, out_features: int, outscale: float = 1.0) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    _init_weight(layer.weight, in_features, outscale)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def dense(in_features: int, out_features: int) -> nn.Sequential:
+    """DreamerV3's hidden layer: Linear -> RMSNorm -> SiLU."""
+    return nn.Sequential(linear(in_features, out_features), nn.RMSNorm(out_features, eps=1e-4), nn.SiLU())
+
+
+def mlp(in_features: int, units: int, layers: int, out_features: int | None = None,
+        outscale: float = 1.0) -> nn.Sequential:
+    """`layers` hidden layers of `units`, then (with `out_features`) a linear output layer."""
+    widths = [in_features] + [units] * layers
+    blocks = [dense(a, b) for a, b in zip(widths[:-1], widths[1:])]
+    if out_features is not None:
+        blocks.append(linear(widths[-1], out_features, outscale))
+    return nn.Sequential(*blocks)
+
+
+class BlockLinear(nn.Module):
+    """`blocks` independent linear maps, one per group: (..., blocks, in) -> (..., blocks, out)."""
+
+    def __init__(self, blocks: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(blocks, in_features, out_features))
+        _init_weight(self.weight, blocks * in_features, 1.0)   # the reference's fan-in counts every block
+        self.bias = nn.Parameter(torch.zeros(blocks, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...gi,gio->...go", x, self.weight) + self.bias
 
 
 class PixelEncoder(nn.Module):
@@ -110,23 +172,30 @@ class PixelDecoder(nn.Module):
         return self.net(x).reshape(*lead, 3, 64, 64)
 
 
+# -- the RSSM -------------------------------------------------------------------------------------
 class RSSM(nn.Module):
     def __init__(self, embed_dim: int, action_dim: int, cfg: DreamerConfig):
         super().__init__()
+        if cfg.deter % cfg.blocks:
+            raise ValueError(f"deter ({cfg.deter}) must be a multiple of blocks ({cfg.blocks})")
         self.cfg = cfg
-        stoch_flat = cfg.stoch * cfg.classes
-        self.img_in = NormedLinear(stoch_flat + action_dim, cfg.hidden, nn.SiLU())
-        self.gru = nn.GRUCell(cfg.hidden, cfg.deter)
-        self.prior_net = nn.Sequential(NormedLinear(cfg.deter, cfg.hidden, nn.SiLU()), nn.Linear(cfg.hidden, stoch_flat))
-        self.post_net = nn.Sequential(NormedLinear(cfg.deter + embed_dim, cfg.hidden, nn.SiLU()),
-                                      nn.Linear(cfg.hidden, stoch_flat))
+        stoch_flat, group = cfg.stoch * cfg.classes, cfg.deter // cfg.blocks
+        self.deter_in = dense(cfg.deter, cfg.hidden)
+        self.stoch_in = dense(stoch_flat, cfg.hidden)
+        self.action_in = dense(action_dim, cfg.hidden)
+        self.gru_hidden = BlockLinear(cfg.blocks, group + 3 * cfg.hidden, group)
+        self.gru_norm = nn.RMSNorm(cfg.deter, eps=1e-4)
+        self.gru_gates = BlockLinear(cfg.blocks, group, 3 * group)
+        self.prior_net = nn.Sequential(dense(cfg.deter, cfg.hidden), dense(cfg.hidden, cfg.hidden),
+                                       linear(cfg.hidden, stoch_flat))
+        self.post_net = nn.Sequential(dense(cfg.deter + embed_dim, cfg.hidden), linear(cfg.hidden, stoch_flat))
 
     @property
     def feat_dim(self) -> int:
         return self.cfg.deter + self.cfg.stoch * self.cfg.classes
 
     def initial(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.gru.weight_hh.device
+        device = self.gru_gates.weight.device
         return (torch.zeros(batch, self.cfg.deter, device=device),
                 torch.zeros(batch, self.cfg.stoch * self.cfg.classes, device=device))
 
@@ -143,25 +212,47 @@ class RSSM(nn.Module):
         one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
         return (one_hot + probs - probs.detach()).flatten(-2)
 
-    def img_step(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor):
-        deter = self.gru(self.img_in(torch.cat([stoch, action], -1)), deter)
-        return deter, self.log_probs(self.prior_net(deter))
+    def core(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The next deterministic state."""
+        action = action / action.abs().clamp(min=1.0).detach()
+        shared = torch.cat([self.deter_in(deter), self.stoch_in(stoch), self.action_in(action)], -1)
+        groups = deter.unflatten(-1, (self.cfg.blocks, -1))
+        x = torch.cat([groups, shared.unsqueeze(-2).expand(*groups.shape[:-1], -1)], -1)
+        x = F.silu(self.gru_norm(self.gru_hidden(x).flatten(-2)))
+        gates = self.gru_gates(x.unflatten(-1, (self.cfg.blocks, -1)))
+        reset, cand, update = (gate.flatten(-2) for gate in gates.chunk(3, -1))
+        cand = torch.tanh(torch.sigmoid(reset) * cand)
+        update = torch.sigmoid(update - 1.0)
+        return update * cand + (1 - update) * deter
 
-    def observe(self, embed: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor,
-                state: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Filter a (B, T) sequence: at each step the prior from the past, then the posterior."""
-        batch, steps = embed.shape[:2]
-        deter, stoch = state if state is not None else self.initial(batch)
-        out: dict[str, list[torch.Tensor]] = {"deter": [], "stoch": [], "post": [], "prior": []}
-        for t in range(steps):
-            keep = (~is_first[:, t]).float().unsqueeze(-1)
-            deter, stoch, action = deter * keep, stoch * keep, prev_action[:, t] * keep
-            deter, prior = self.img_step(deter, stoch, action)
-            post = self.log_probs(self.post_net(torch.cat([deter, embed[:, t]], -1)))
-            stoch = self.sample(post)
-            for key, value in zip(out, (deter, stoch, post, prior)):
+    def prior(self, deter: torch.Tensor) -> torch.Tensor:
+        return self.log_probs(self.prior_net(deter))
+
+    def posterior(self, deter: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        return self.log_probs(self.post_net(torch.cat([deter, embed], -1)))
+
+    def img_step(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor):
+        deter = self.core(deter, stoch, action)
+        return deter, self.prior(deter)
+
+    def obs_step(self, deter: torch.Tensor, stoch: torch.Tensor, prev_action: torch.Tensor, embed: torch.Tensor,
+                 is_first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One filtering step: the state, its sampled stochastic part and the posterior."""
+        keep = (~is_first).float().unsqueeze(-1)
+        deter = self.core(deter * keep, stoch * keep, prev_action * keep)
+        post = self.posterior(deter, embed)
+        return deter, self.sample(post), post
+
+    def observe(self, embed: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Filter a (B, T) sequence; the priors of all steps come from the states at the end."""
+        deter, stoch = self.initial(embed.shape[0])
+        out: dict[str, list[torch.Tensor]] = {"deter": [], "stoch": [], "post": []}
+        for t in range(embed.shape[1]):
+            deter, stoch, post = self.obs_step(deter, stoch, prev_action[:, t], embed[:, t], is_first[:, t])
+            for key, value in zip(out, (deter, stoch, post)):
                 out[key].append(value)
-        return {key: torch.stack(values, 1) for key, values in out.items()}
+        states = {key: torch.stack(values, 1) for key, values in out.items()}
+        return states | {"prior": self.prior(states["deter"])}
 
     def imagine(self, deter: torch.Tensor, stoch: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
         """Open-loop rollout of the prior under (B, K) given actions."""
@@ -179,6 +270,7 @@ def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum((-2, -1))
 
 
+# -- the world model ------------------------------------------------------------------------------
 class DreamerWorldModel(nn.Module):
     def __init__(self, feature: str, feature_shape: tuple[int, ...], action_dim: int, cfg: DreamerConfig,
                  discrete_actions: bool = False):
@@ -190,22 +282,18 @@ class DreamerWorldModel(nn.Module):
             self.encoder = PixelEncoder(cfg.cnn_depth)
             embed_dim = self.encoder.out_features
         elif cfg.embed_head == "linear":
-            self.encoder, embed_dim = nn.Linear(feature_shape[0], cfg.units), cfg.units
+            self.encoder, embed_dim = linear(feature_shape[0], cfg.units), cfg.units
         else:
-            self.encoder = mlp(feature_shape[0], [cfg.units] * cfg.head_layers, cfg.units)
-            embed_dim = cfg.units
+            self.encoder, embed_dim = mlp(feature_shape[0], cfg.units, cfg.mlp_layers), cfg.units
         self.rssm = RSSM(embed_dim, action_dim, cfg)
         feat = self.rssm.feat_dim
         if self.pixels:
             self.decoder = PixelDecoder(feat, cfg.cnn_depth)
         else:
-            self.decoder = mlp(feat, [cfg.units] * cfg.head_layers, feature_shape[0])
+            self.decoder = mlp(feat, cfg.units, cfg.mlp_layers, feature_shape[0])
         self.register_buffer("bins", dreamer_bins())
-        self.reward_head = mlp(feat, [cfg.units] * cfg.head_layers, len(self.bins))
-        self.continue_head = mlp(feat, [cfg.units] * cfg.head_layers, 1)
-        # Zero output weights: the first reward predictions are 0 rather than random large values.
-        nn.init.zeros_(self.reward_head[-1].weight)
-        nn.init.zeros_(self.reward_head[-1].bias)
+        self.reward_head = mlp(feat, cfg.units, cfg.head_layers, len(self.bins), outscale=0.0)
+        self.continue_head = mlp(feat, cfg.units, cfg.head_layers, 1)
 
     def embed(self, obs: torch.Tensor) -> torch.Tensor:
         return self.encoder(obs if self.pixels else symlog(obs))
@@ -224,7 +312,8 @@ class DreamerWorldModel(nn.Module):
         return torch.sigmoid(self.continue_head(feat).squeeze(-1))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
-        """Total loss, its parts, and the filtered states (the starts of imagination)."""
+        """Total loss, its parts, and the filtered states with their features (the starts of
+        imagination), still attached to the graph."""
         is_first = batch["is_first"].clone()
         is_first[:, 0] = True   # every window starts from the initial state
         states = self.rssm.observe(self.embed(batch["obs"]), batch["prev_action"], is_first)
@@ -240,22 +329,17 @@ class DreamerWorldModel(nn.Module):
         total = reconstruction + reward + cont + self.cfg.dyn_scale * dyn + self.cfg.rep_scale * rep
         metrics = {"loss": total, "reconstruction": reconstruction, "reward": reward, "continue": cont,
                    "kl_dyn": dyn, "kl_rep": rep}
-        return total, {k: float(v.detach()) for k, v in metrics.items()}, states
+        return total, {k: float(v.detach()) for k, v in metrics.items()}, states | {"feat": feat}
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"model": torch.optim.Adam(self.parameters(), lr=self.cfg.lr, eps=1e-8)}
+        return {"model": LaProp(self.parameters(), lr=self.cfg.lr, agc=self.cfg.agc, warmup=self.cfg.warmup)}
 
     def train_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        return self.update(batch, optimizers)[0]
-
-    def update(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]):
-        """One gradient step; returns the metrics and the filtered states, detached."""
-        total, metrics, states = self.loss(batch)
+        total, metrics, _ = self.loss(batch)
         optimizers["model"].zero_grad(set_to_none=True)
         total.backward()
-        adaptive_gradient_clip(self.parameters(), self.cfg.agc)
         optimizers["model"].step()
-        return metrics, {key: value.detach() for key, value in states.items()}
+        return metrics
 
     @torch.no_grad()
     def open_loop(self, batch: dict[str, torch.Tensor], context: int) -> dict[str, torch.Tensor]:
@@ -291,13 +375,3 @@ class DreamerWorldModel(nn.Module):
 def symmetric_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Mean of forward and backward KL, averaged over the batch: (B, K, stoch, classes) -> (K,)."""
     return (0.5 * (categorical_kl(log_p, log_q) + categorical_kl(log_q, log_p))).mean(0)
-
-
-def adaptive_gradient_clip(parameters, ratio: float, eps: float = 1e-3) -> None:
-    """Scale each tensor's gradient so its norm is at most `ratio` times the tensor's norm."""
-    for p in parameters:
-        if p.grad is None:
-            continue
-        limit = ratio * p.detach().norm().clamp(min=eps)
-        # min(1, limit / norm) as a tensor: a Python `if` on it would wait for the GPU once per tensor
-        p.grad.mul_((limit / p.grad.norm().clamp(min=1e-12)).clamp(max=1.0))
