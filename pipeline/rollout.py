@@ -95,10 +95,10 @@ def play_episodes(pool: EnvPool, encoder: StoreEncoder, actor: Callable[[np.ndar
         observations = pool.reset(seeds)
     first_frames = [obs["image"] for obs in observations]
     with timer("encoder"):
-        features = encoder(np.stack(first_frames))
+        features = encoder.observe(observations)
     record = [defaultdict(list) for _ in range(count)]
     for i, obs in enumerate(observations):
-        record[i]["feature"].append(features[i])
+        record[i]["feature"].append(features[i].copy())   # `features` is overwritten as the envs step
         record[i]["state"].append(obs["state"])
         record[i]["reward"].append(0.0)
     is_first, active = np.ones(count, bool), np.ones(count, bool)
@@ -110,7 +110,7 @@ def play_episodes(pool: EnvPool, encoder: StoreEncoder, actor: Callable[[np.ndar
             results = pool.step(env_actions)
         stepped = sorted(results)
         with timer("encoder"):
-            new_features = encoder(np.stack([results[i][0]["image"] for i in stepped]))
+            new_features = encoder.observe([results[i][0] for i in stepped])
         for row, i in enumerate(stepped):
             observation, reward, terminated, truncated = results[i]
             episode = record[i]
