@@ -23,13 +23,16 @@ class NormedLinear(nn.Sequential):
 
 def mlp(in_features: int, hidden: list[int], out_features: int, output_activation: nn.Module | None = None,
         dropout: float = 0.0) -> nn.Sequential:
-    """NormedLinear blocks of widths `hidden`, then a plain Linear (and `output_activation`)."""
+    """NormedLinear blocks of widths `hidden`, then a plain Linear; or, with `output_activation`
+    (TD-MPC2's SimNorm), a last NormedLinear with that activation: the LayerNorm keeps SimNorm's
+    logits at unit scale, so its groups do not saturate into one-hots."""
     widths = [in_features, *hidden]
     blocks: list[nn.Module] = [NormedLinear(a, b, dropout=dropout if i == 0 else 0.0)
                                for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
-    blocks.append(nn.Linear(widths[-1], out_features))
-    if output_activation is not None:
-        blocks.append(output_activation)
+    if output_activation is None:
+        blocks.append(nn.Linear(widths[-1], out_features))
+    else:
+        blocks.append(NormedLinear(widths[-1], out_features, output_activation))
     return nn.Sequential(*blocks)
 
 

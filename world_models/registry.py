@@ -36,7 +36,7 @@ def world_model_config(name: str, preset: str, overrides: dict[str, Any]):
 
 def _coerce(name: str, key: str, value: Any, type_name: str) -> Any:
     """YAML reads `1e-3` as a string; settings take the type their field declares."""
-    caster = {"float": float, "int": int, "str": str}[type_name]
+    caster = {"float": float, "int": int, "str": str, "bool": _boolean}[type_name]
     try:
         if type_name == "int" and float(value) != int(float(value)):
             raise ValueError
@@ -46,6 +46,14 @@ def _coerce(name: str, key: str, value: Any, type_name: str) -> Any:
     if key in CHOICES and cast not in CHOICES[key]:
         raise UserError(f"{name} setting '{key}' must be {' or '.join(CHOICES[key])}, got {value!r}")
     return cast
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise ValueError(value)
 
 
 def with_settings(name: str, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:

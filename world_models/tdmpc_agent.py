@@ -3,8 +3,9 @@
 Each step the planner scores `num_samples` action sequences over the model's `horizon`:
 `num_pi_trajs` of them rolled out by the policy prior, the rest drawn from a Gaussian whose mean
 starts from the previous step's plan shifted by one. A sequence's value is its discounted
-predicted rewards plus the discounted Q of the policy prior's action at its end. For
-`mpc_iterations` rounds the Gaussian is refitted to the `num_elites` best sequences, weighted
+predicted rewards plus the discounted Q of the policy prior's action at its end (in episodic
+envs, nothing after a predicted terminal). For `mpc_iterations` rounds (2 more for actions of 20
+or more dimensions) the Gaussian is refitted to the `num_elites` best sequences, weighted
 by exp(temperature * (value - best)); the action comes from one elite drawn by those weights,
 plus exploration noise of the final std when exploring. The agent sees a stack of the last
 `frame_stack` observations, repeating the episode's first one, as the replay does in training.
@@ -20,14 +21,18 @@ from world_models.tdmpc import TDMPCWorldModel
 
 @torch.no_grad()
 def estimate_value(model: TDMPCWorldModel, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """(..., latent) starts and (..., H, A) action sequences -> (...) returns over the horizon."""
+    """(..., latent) starts and (..., H, A) action sequences -> (...) returns over the horizon;
+    nothing counts after a predicted terminal (episodic envs)."""
     value, discount = torch.zeros(z.shape[:-1], device=z.device), 1.0
+    alive = torch.ones(z.shape[:-1], device=z.device)
     for t in range(actions.shape[-2]):
-        value = value + discount * model.predicted_reward(z, actions[..., t, :])
+        value = value + discount * alive * model.predicted_reward(z, actions[..., t, :])
         z = model.next(z, actions[..., t, :])
         discount *= model.discount
+        if model.termination_head is not None:
+            alive = alive * (model.predicted_termination(z) <= 0.5).float()
     final_action, _ = model.act(z)
-    return value + discount * model.q_value(z, final_action, reduce="mean")
+    return value + discount * alive * model.q_value(z, final_action, reduce="mean")
 
 
 @torch.no_grad()
@@ -47,7 +52,7 @@ def plan(model: TDMPCWorldModel, z: torch.Tensor, previous_mean: torch.Tensor,
     mean[:, :-1] = previous_mean[:, 1:]
     std = torch.full_like(mean, cfg.max_std)
     rows = torch.arange(batch, device=z.device).unsqueeze(1)
-    for _ in range(cfg.mpc_iterations):
+    for _ in range(cfg.mpc_iterations + 2 * (action_dim >= 20)):   # TD-MPC2's heuristic for large action spaces
         noise = torch.randn(batch, samples - policy_count, horizon, action_dim, device=z.device)
         actions[:, policy_count:] = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(-1.0, 1.0)
         value = estimate_value(model, starts, actions).nan_to_num(0.0)
