@@ -158,7 +158,9 @@ class FinetuneConfig(StrictConfig):
     train_ratio: float | None = Field(None, ge=0, description="gradient updates per agent step; default: "
                                                               "dreamer 0.5 (DreamerV3's 512 at batch 16 x 64), tdmpc 1")
     offline_fraction: float = Field(0.5, ge=0, le=1, description="share of each batch from the offline store")
-    seed_steps: int = Field(0, ge=0, description="agent steps of random actions before the agent acts")
+    seed_steps: int | None = Field(None, ge=0, description="agent steps of random actions before the agent acts "
+                                                           "(and learns); default: tdmpc from nothing max(1000, 5 x "
+                                                           "episode length) as TD-MPC2, otherwise 0")
     max_steps: int | None = Field(None, gt=0, description="cap on agent steps per episode; default: the dataset's")
     eval_every: int = Field(1000, gt=0, description="agent steps between evaluations (at episode ends)")
     eval_episodes: int = Field(2, gt=0, description="episodes per evaluation, on the training look")

@@ -146,7 +146,7 @@ def run(cfg: CollectConfig, show_progress: bool = True) -> TrajectoryManifest:
         seed=cfg.seed, frame_size=cfg.frame_size, image_format=cfg.image_format,
         action_dim=action_dim(env.action_space),
         action_space="discrete" if is_discrete(env.action_space) else "box", action_repeat=env.action_repeat,
-        state_keys=env.state_keys, pipeline_version=__version__, code_version=code_version())
+        state_keys=env.state_keys, time_limit=env.time_limit, episodic=env.episodic, pipeline_version=__version__, code_version=code_version())
 
 
 def _collect_in_processes(cfg: CollectConfig, todo: list[int], dataset: TrajectoryDatasetWriter,

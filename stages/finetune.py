@@ -6,7 +6,11 @@ actor's gradient) or from nothing (`--store` and a world model: the from-scratch
 episode in each of `num_envs` parallel envs, started together with seeds derived from the seed
 and the round. After every parallel step the agent trains, `train_ratio` gradient updates per
 agent step, on batches mixing windows of the offline store (`offline_fraction`, the run's
-training episodes) with windows of the episodes played so far. Every new frame is encoded once,
+training episodes) with windows of the episodes played so far. The first `seed_steps` agent steps
+are random and earn no updates; then one burst of `seed_steps` x `train_ratio` updates trains on
+them (TD-MPC2's schedule from nothing; 0 seed steps otherwise); updates owed while no window can be
+sampled are dropped, as DreamerV3's train ratio counts only once a batch can be drawn. Every new
+frame is encoded once,
 by the encoder that built the store, and every finished episode is appended to a store of its
 own, `<out>/online.zarr`. Before the first round and then every `eval_every` agent steps the
 agent plays `eval_episodes` episodes on the training look without exploration (its own RNG, so
@@ -40,6 +44,7 @@ from pipeline.provenance import code_version
 from pipeline.rollout import AgentActor, RandomActor, StepTimer, play_episodes
 from pipeline.storage import embedding_store
 from pipeline.storage.atomic_files import write_bytes_atomic
+from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
 from pipeline.storage.runs import (AGENT_CHECKPOINT, CHECKPOINT, EVALUATION_DIR, FINETUNE_DIR, FINETUNE_FILE,
                                    LIVE_DIR, RUN_FILE, read_yaml)
 from stages.collect import collect_episode
@@ -47,7 +52,6 @@ from stages.train import arrays_sha256, open_live
 from world_models.checkpoint import load_checkpoint, save_agent_checkpoint
 from world_models.registry import make_agent, make_world_model, with_settings, world_model_config
 from world_models.replay import Replay, concat_batches, split_episodes
-from world_models.tdmpc import heuristic_discount
 
 ONLINE_STORE = "online.zarr"
 TRAIN_STREAM, EVAL_STREAM = 0, 1          # seed-sequence branches of training and evaluation episodes
@@ -128,14 +132,16 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
     settings = env_settings(attrs)
     max_steps = cfg.max_steps or settings["max_steps"]
     train_ratio = cfg.train_ratio if cfg.train_ratio is not None else TRAIN_RATIO[spec["world_model"]]
+    seed_steps = cfg.seed_steps if cfg.seed_steps is not None else default_seed_steps(
+        spec["world_model"], cfg.run is None,
+        episode_length(attrs, episode_start, len(arrays["reward"]), max_steps))
     out = cfg.out or (cfg.run / FINETUNE_DIR if cfg.run else
                       Path("runs") / Path(attrs["source_dataset"]).name / attrs["encoder"] / spec["world_model"]
                       / f"seed{cfg.seed}" / "scratch")
     identity = {"start": start["source"], "world_model": spec["world_model"], "config": spec["config"],
                 "seed": cfg.seed, "store_sha256": start["store_sha256"], "env": settings, "max_steps": max_steps,
-                "train_ratio": train_ratio,
-                **cfg.model_dump(mode="json", include={"num_envs", "offline_fraction", "seed_steps", "eval_every",
-                                                       "eval_episodes"})}
+                "train_ratio": train_ratio, "seed_steps": seed_steps,
+                **cfg.model_dump(mode="json", include={"num_envs", "offline_fraction", "eval_every", "eval_episodes"})}
     _check_out_dir(out, identity)
     encoder = StoreEncoder(attrs, cfg.weights, cfg.device)
 
@@ -206,12 +212,14 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
             bar.update(task, status=f"eval return {np.mean(returns):.1f} (random {info['random_return']:.1f})")
 
         def train_after(steps: int) -> None:
+            before = progress_state["env_steps"]
             progress_state["env_steps"] += steps
             bar.advance(task, steps)
-            progress_state["update_debt"] += train_ratio * steps
+            progress_state["update_debt"] += updates_owed(before, progress_state["env_steps"], seed_steps, train_ratio)
             while progress_state["update_debt"] >= 1.0:
                 batch = sample_batch(offline, online, wm_cfg, cfg.offline_fraction, rng)
-                if batch is None:
+                if batch is None:   # as DreamerV3, the ratio counts from when a batch can be drawn
+                    progress_state["update_debt"] = 0.0
                     return
                 with timer("learner"):
                     metrics = agent.train_step({k: v.to(cfg.device) for k, v in batch.items()}, optimizers)
@@ -225,7 +233,7 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
         while progress_state["env_steps"] < cfg.env_steps:
             round_index = progress_state["rounds"]
             seeds = episode_seeds(cfg.seed, TRAIN_STREAM, round_index, cfg.num_envs)
-            seeding = progress_state["env_steps"] < cfg.seed_steps
+            seeding = progress_state["env_steps"] < seed_steps
             actor = RandomActor(pool.action_space, rng) if seeding else AgentActor(agent, cfg.device, explore=True)
             wall = time.perf_counter()
             played = play_episodes(pool, encoder, actor, seeds, max_steps, after_step=train_after, timer=timer)
@@ -290,10 +298,8 @@ def _starting_point(cfg: FinetuneConfig) -> dict[str, Any]:
     store = cfg.store.rstrip("/")
     arrays, episode_start, attrs = embedding_store.read_store(store)
     feature = attrs["feature"]
-    settings = dict(cfg.settings)
-    if cfg.world_model == "tdmpc":
-        lengths = np.diff(np.append(episode_start, len(arrays[feature])))
-        settings.setdefault("discount", heuristic_discount(float(np.mean(lengths - 1))))
+    settings = task_settings(cfg.world_model, attrs, episode_start, arrays["is_terminal"], cfg.max_steps) \
+        | dict(cfg.settings)
     wm_cfg = world_model_config(cfg.world_model, cfg.preset, settings)
     spec = {"world_model": cfg.world_model, "config": wm_cfg.as_dict(), "feature": feature,
             "feature_shape": list(arrays[feature].shape[1:]), "action_dim": int(arrays["action"].shape[1]),

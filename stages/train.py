@@ -27,10 +27,10 @@ from pipeline.provenance import code_version
 from pipeline.storage.atomic_files import write_bytes_atomic
 from pipeline.storage.embedding_store import read_store
 from pipeline.storage.runs import CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE
+from pipeline.task_settings import task_settings
 from world_models.checkpoint import load_checkpoint, restore_training, save_checkpoint
 from world_models.registry import make_world_model, world_model_config
 from world_models.replay import Replay, split_episodes
-from world_models.tdmpc import heuristic_discount
 
 
 
@@ -54,10 +54,7 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
     store = cfg.store.rstrip("/")
     arrays, episode_start, attrs = read_store(store)
     feature = attrs["feature"]
-    lengths = np.diff(np.append(episode_start, len(arrays[feature])))
-    settings = dict(cfg.settings)
-    if cfg.world_model == "tdmpc":
-        settings.setdefault("discount", heuristic_discount(float(np.mean(lengths - 1))))
+    settings = task_settings(cfg.world_model, attrs, episode_start, arrays["is_terminal"]) | dict(cfg.settings)
     wm_config = world_model_config(cfg.world_model, cfg.preset, settings)
     train_ids, validation_ids = split_episodes(len(episode_start), cfg.validation_fraction)
     out = cfg.out or default_out(cfg, attrs)

@@ -8,6 +8,7 @@ dm_control is imported only when an env is built; MUJOCO_GL defaults to `egl` (h
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -38,6 +39,7 @@ for _task in TASKS:
 
 class DMCEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"]}
+    episodic = False   # every episode runs to the time limit
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
                  action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False):
@@ -49,6 +51,7 @@ class DMCEnv(gymnasium.Env):
         self._env = suite.load(domain, task_name.replace("-", "_"), task_kwargs={"random": 0})
         self.frame_size = frame_size
         self.action_repeat = action_repeat or DEFAULT_ACTION_REPEAT
+        self.time_limit = math.ceil(self._env._step_limit / self.action_repeat)   # agent steps
         self.camera = _camera_id(self._env.physics.model, task, _CAMERA.get(domain, 0) if camera is None else camera)
         # Shadows and reflections off render ~3.5x faster but change the images: opt-in only.
         self._render_flags = {"shadow": False, "reflection": False} if fast_render else None

@@ -23,6 +23,7 @@ The tasks here need no asset downloads; nothing touches the network.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -67,6 +68,7 @@ for _task, _description in TASKS.items():
 
 class ManiSkillEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"]}
+    episodic = False   # no task here can fail, and success does not end an episode
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
                  action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False):
@@ -75,6 +77,7 @@ class ManiSkillEnv(gymnasium.Env):
         self.action_repeat = action_repeat or 1
         self._variant, self._variant_seed = variant, variant_seed
         self._env = _make(task, frame_size)
+        self.time_limit = math.ceil(self._env.spec.max_episode_steps / self.action_repeat)   # agent steps
         space = self._env.unwrapped.single_action_space
         self.action_space = gymnasium.spaces.Box(space.low, space.high, dtype=np.float32)
         self._prepare_scene()

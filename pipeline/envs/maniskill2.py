@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import subprocess
@@ -50,6 +51,7 @@ VARIANTS = (TRAIN, "object_color", "floor_color", "lighting", "camera")
 CAMERAS = ("hand_camera", "base_camera")
 CONTROL_MODE = "pd_ee_delta_pose"
 ACTION_DIM = 7
+TIME_LIMIT = 200     # mani-skill2 0.5.3 registers its cube tasks with max_episode_steps=200
 _ROBOT_STATE = {"qpos": 9, "qvel": 9, "base_pose": 7}
 STATE_KEYS = {
     "LiftCube-v0": {**_ROBOT_STATE, "tcp_pose": 7, "obj_pose": 7, "tcp_to_obj_pos": 3},
@@ -78,11 +80,13 @@ for _task in STATE_KEYS:
 
 class ManiSkill2Env(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"]}
+    episodic = False   # no task here can fail, and success does not end an episode
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
                  action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False):
         self.frame_size = frame_size
         self.action_repeat = action_repeat or 1
+        self.time_limit = math.ceil(TIME_LIMIT / self.action_repeat)   # agent steps
         self.camera = camera_name(camera)
         self.state_keys = dict(STATE_KEYS[task])
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
@@ -121,9 +125,11 @@ class ManiSkill2Env(gymnasium.Env):
     def _check(self, description: dict[str, Any]) -> None:
         """The worker's env must match what this env promised before it started."""
         state_keys = [(name, size) for name, size in description["state_keys"]]
-        if state_keys != list(self.state_keys.items()) or description["action_dim"] != ACTION_DIM:
+        if (state_keys != list(self.state_keys.items()) or description["action_dim"] != ACTION_DIM
+                or description["max_episode_steps"] != TIME_LIMIT):
             raise RuntimeError(f"ManiSkill 2 {self._config['task']} does not match its documented layout: "
-                               f"state {state_keys}, {description['action_dim']} actions")
+                               f"state {state_keys}, {description['action_dim']} actions, "
+                               f"{description['max_episode_steps']} steps an episode")
 
 
 def camera_name(camera: int | str | None) -> str:

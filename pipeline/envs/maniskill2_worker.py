@@ -89,7 +89,7 @@ class EnvServer:
             raise ValueError(f"{config['task']} has no camera {self.camera_name!r}")
 
     def describe(self) -> dict[str, Any]:
-        return {"action_dim": int(np.prod(self.env.action_space.shape)),
+        return {"action_dim": int(np.prod(self.env.action_space.shape)), "max_episode_steps": self.max_episode_steps,
                 "state_keys": [[name, int(np.size(value))] for name, value in leaves(self.env.get_obs())]}
 
     def handle(self, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import math
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class Look:
 
 class MiniworldEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"]}
+    episodic = True    # reaching the goal ends an episode
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
                  action_repeat: int | None = None, camera: int | None = None, fast_render: bool = False):
@@ -79,6 +81,7 @@ class MiniworldEnv(gymnasium.Env):
                 window_height=frame_size, params=_params(look.params))
         self.frame_size = frame_size
         self.action_repeat = action_repeat or 1
+        self.time_limit = math.ceil(self._env.max_episode_steps / self.action_repeat)   # agent steps
         self.action_space = self._env.action_space
         # Seeded like the other suites, so unseeded resets are reproducible too.
         self._env.reset(seed=0)

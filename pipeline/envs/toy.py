@@ -30,6 +30,7 @@ register(EnvEntry(id="toy/pointmass-reach", suite="toy", variants=VARIANTS,
 class PointMassReach(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"]}
     state_keys = {"position": 2, "velocity": 2, "goal": 2}
+    time_limit, episodic = EPISODE_STEPS, False
 
     def __init__(self, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
                  action_repeat: int | None = None, camera: int | None = None, fast_render: bool = False):

@@ -47,6 +47,8 @@ class TrajectoryManifest(BaseModel):
     action_space: Literal["box", "discrete"] = "box"   # discrete actions are stored one-hot
     action_repeat: int
     state_keys: dict[str, int]
+    time_limit: int | None = None        # agent steps an episode lasts at most (None: older datasets)
+    episodic: bool | None = None         # the env can end an episode with a true terminal
     episodes: int
     steps: int
     frames: int
