@@ -69,7 +69,7 @@ class AgentPolicy:
         self._first = True
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray | int:
-        vector = self._actor(self._encoder(observation["image"][None]), np.array([self._first]))
+        vector = self._actor(self._encoder.observe([observation]), np.array([self._first]))
         self._first = False
         return to_env_action(vector[0], self._space)
 

@@ -238,7 +238,7 @@ def models(as_json: bool) -> None:
     table = Table("model", "arch", "timm architecture", "dim", "weights", "training data (diversity)",
                   "objective", "video", "language", box=None)
     for s in specs:
-        table.add_row(s.name, s.arch_type, s.architecture or "-", str(s.embed_dim), s.weights,
+        table.add_row(s.name, s.arch_type, s.architecture or "-", str(s.embed_dim or "env state"), s.weights,
                       f"{s.training_data} ({s.data_diversity})", s.objective, "yes" if s.video else "no",
                       "yes" if s.language else "no")
     Console(width=250).print(table)

@@ -76,8 +76,9 @@ def plan_units(total_frames: int, chunk_frames: int) -> list[Unit]:
 
 
 def read_unit(dataset: str, spans: list[EpisodeSpan], unit: Unit,
-              steps: dict[str, list[np.ndarray]]) -> Iterator[np.ndarray]:
-    """Decoded frames [unit.start, unit.stop) in order; appends the step arrays' slices to `steps`."""
+              steps: dict[str, list[np.ndarray]], reads: str = "frames") -> Iterator[np.ndarray]:
+    """Decoded frames [unit.start, unit.stop) in order (for `reads="state"`, the states); appends
+    the step arrays' slices to `steps`."""
     wanted = [s for s in spans if s.start < unit.stop and s.start + s.frames > unit.start]
     for shard in dict.fromkeys(s.shard for s in wanted):
         in_shard = {s.key: s for s in wanted if s.shard == shard}
@@ -92,8 +93,11 @@ def read_unit(dataset: str, spans: list[EpisodeSpan], unit: Unit,
             if len(frame_fields) != span.frames:
                 raise UserError(f"shard '{dataset}/{shard}' does not match its manifest "
                                 f"({key}: {len(frame_fields)} frames, manifest says {span.frames})")
-            for field in frame_fields[lo:hi]:
-                yield decode_frame(sample[field])
+            if reads == "state":
+                yield from steps["state"][-1]
+            else:
+                for field in frame_fields[lo:hi]:
+                    yield decode_frame(sample[field])
             if not in_shard:
                 break
         if in_shard:
@@ -111,7 +115,7 @@ def encode_units(cfg: EncodeConfig, encoder: FrozenEncoder, dataset: str, spans:
     def batches():
         for unit in units:
             steps: dict[str, list[np.ndarray]] = defaultdict(list)
-            frames = read_unit(dataset, spans, unit, steps)
+            frames = read_unit(dataset, spans, unit, steps, encoder.spec.reads)
             while batch := list(islice(frames, cfg.batch_size)):
                 yield unit, encoder.preprocess(np.stack(batch)), None
             yield unit, None, steps  # the unit's frames are all read
@@ -183,9 +187,10 @@ def run(cfg: EncodeConfig, show_progress: bool = True) -> str:
     encoder = _encoder_for(cfg)
     provenance = encoder.provenance()
     # What the stored bytes depend on; another identity at `out` is never overwritten.
+    dtype = "float32" if spec.reads == "state" else cfg.dtype   # a state is never rounded to float16
     identity = {"encoder": spec.name, "weights_sha256": encoder.weights_sha256,
                 "compute_precision": provenance["compute_precision"],
-                "source_manifest_sha256": manifest_sha, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+                "source_manifest_sha256": manifest_sha, "dtype": dtype, "batch_size": cfg.batch_size,
                 "chunk_frames": chunk_frames}
     partial = embedding_store.partial_url(out)
     if _check_existing(out, identity, final=True):
@@ -193,17 +198,20 @@ def run(cfg: EncodeConfig, show_progress: bool = True) -> str:
     resume = _check_existing(partial, identity, final=False)
     total = manifest.frames
     if not resume:
-        is_pixels = encoder.model is None
+        is_pixels = spec.name == "pixels"
+        state_dim = sum(manifest.state_keys.values())
         embedding_store.create_store(
             partial, frames=total, feature="pixels" if is_pixels else "embedding",
-            feature_shape=(3, PIXEL_SIZE, PIXEL_SIZE) if is_pixels else (spec.embed_dim,),
-            feature_dtype="uint8" if is_pixels else cfg.dtype,
+            feature_shape=(3, PIXEL_SIZE, PIXEL_SIZE) if is_pixels else (state_dim if spec.reads == "state"
+                                                                          else spec.embed_dim,),
+            feature_dtype="uint8" if is_pixels else dtype,
             step_layout=embedding_store.step_array_layout(manifest.action_dim, sum(manifest.state_keys.values())),
             episode_start=np.array([s.start for s in episode_spans(manifest)]), chunk_frames=chunk_frames,
             attrs={**identity, **provenance, "identity": identity, "source_dataset": dataset,
                    "env": manifest.env, "variant": manifest.variant, "variant_seed": manifest.variant_seed,
                    "frame_size": manifest.frame_size, "image_format": manifest.image_format,
-                   "action_space": manifest.action_space, "collect_config": manifest.config,
+                   "action_space": manifest.action_space, "time_limit": manifest.time_limit,
+                   "episodic": manifest.episodic, "collect_config": manifest.config,
                    "encode_config": cfg.model_dump(mode="json", exclude={"out", "workers", "scheduler", "threads"}),
                    "pipeline_version": __version__, "code_version": code_version()})
     spans = episode_spans(manifest)

@@ -49,7 +49,7 @@ def toy_pixels(tmp_path_factory):
 
 # Offline updates and settings for a CPU budget of about a minute each. TD-MPC2's published loss
 # weights (consistency 20, reward 0.1) need far longer before its pixel encoder stops collapsing.
-LEARNING = {"dreamer": (800, {"lr": 1e-3, "batch_size": 8, "sequence_length": 16}),
+LEARNING = {"dreamer": (800, {"lr": 1e-3, "batch_size": 8, "sequence_length": 16, "warmup": 0}),
             "tdmpc": (600, {"lr": 1e-3, "batch_size": 32, "consistency_coef": 2.0, "reward_coef": 1.0})}
 
 

@@ -23,7 +23,8 @@ def bf16_supported(device: torch.device) -> bool:
 
 class FrozenEncoder:
     """`encoder(frames)`: (N, H, W, 3) uint8 frames -> (N, D) float32 embeddings (or, for
-    `pixels`, (N, 3, 64, 64) uint8). Same preprocessing offline (encode) and online (finetune).
+    `pixels`, (N, 3, 64, 64) uint8; for `state`, (N, S) states -> the same). Same preprocessing
+    offline (encode) and online (finetune).
     """
 
     def __init__(self, spec: EncoderSpec, weights: Path | None = None, download: bool = False,
@@ -82,7 +83,10 @@ class FrozenEncoder:
         return model
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 -> the model's input: (N, 3, R, R), resized and normalised."""
+        """(N, H, W, 3) uint8 -> the model's input: (N, 3, R, R), resized and normalised; for
+        `state`, (N, S) simulator states -> float32 as they are."""
+        if self.spec.reads == "state":
+            return torch.as_tensor(np.asarray(frames, np.float32)).to(self.device)
         if isinstance(frames, np.ndarray) and not frames.flags.writeable:
             frames = frames.copy()  # torch wants writable memory; the float conversion copies anyway
         x = torch.as_tensor(frames).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)

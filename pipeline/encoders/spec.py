@@ -47,13 +47,15 @@ class EncoderSpec:
     interpolation: str = "bicubic"
     drop_head: bool = False                 # checkpoint has a classifier: load it, then remove it
     notes: str = ""
+    reads: Literal["frames", "state"] = "frames"   # what it embeds: the camera frame or the simulator state
 
     def properties(self) -> dict[str, Any]:
         """The properties the paper analyses, plus what defines the embedding."""
         return {"architecture": self.arch_type, "timm_architecture": self.architecture,
                 "training_data": self.training_data, "data_diversity": self.data_diversity,
                 "objective": self.objective, "video": self.video, "language": self.language,
-                "resolution": self.resolution, "pooling": self.pooling, "embed_dim": self.embed_dim}
+                "resolution": self.resolution, "pooling": self.pooling, "embed_dim": self.embed_dim,
+                "reads": self.reads}
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
@@ -79,4 +81,4 @@ def get_spec(name: str) -> EncoderSpec:
 
 def _load_families() -> None:
     from pipeline.encoders import (clip, dinov2, efficientnet_lite0, mae, mvp, pixels,  # noqa: F401
-                                   r3m, random_vit, resnet_imagenet, siglip, vc1, vip)
+                                   r3m, random_vit, resnet_imagenet, siglip, state, vc1, vip)

@@ -18,7 +18,8 @@ from pipeline.errors import UserError
 
 
 class StoreEncoder:
-    """`encoder(frames)`: (N, H, W, 3) uint8 frames -> (N, ...) features in the store's dtype."""
+    """`encoder(frames)`: (N, H, W, 3) uint8 frames (for `state`: (N, S) states) -> (N, ...) features
+    in the store's dtype; `encoder.observe(observations)` picks what it reads from env observations."""
 
     def __init__(self, attrs: dict[str, Any], weights: Path | None = None, device: str = "cpu"):
         spec = get_spec(attrs["encoder"])
@@ -34,6 +35,11 @@ class StoreEncoder:
         self.feature = attrs["feature"]
         self.dtype = np.dtype("uint8" if self.feature == "pixels" else attrs["dtype"])
         self.frame_size = int(attrs["frame_size"])
+        self.reads = "state" if spec.reads == "state" else "image"
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         return self.encoder(frames).cpu().numpy().astype(self.dtype)
+
+    def observe(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Features of env observations: of their frames, or for `state` of their simulator state."""
+        return self(np.stack([obs[self.reads] for obs in observations]))
