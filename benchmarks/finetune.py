@@ -24,9 +24,9 @@ import torch
 
 from pipeline.config import CollectConfig, EncodeConfig, FinetuneConfig, TrainConfig
 from pipeline.envs import make_env
+from pipeline.storage.checkpoint import load_checkpoint
 from random_weights import write_random_weights
 from stages import collect, encode, finetune, train
-from world_models.checkpoint import load_checkpoint
 
 
 def bare_env_rate(env_id: str, frame_size: int, steps: int) -> float:

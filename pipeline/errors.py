@@ -1,4 +1,5 @@
-"""The one exception type for bad input that a user can fix."""
+"""The exception type for bad input that a user can fix (world_models, which imports nothing of
+pipeline, raises its own `WorldModelError`; the CLI treats the two alike)."""
 
 
 class UserError(Exception):

@@ -1,10 +1,14 @@
-"""Episodes played in parallel envs by an actor that sees frames through a frozen encoder.
+"""Episodes played: by a policy in one env, recording its frames (`collect_episode`), or by an
+actor that sees frames through a frozen encoder, in parallel envs (`play_episodes`).
 
-Fine-tuning, evaluation and agents that collect all play this way. Each frame is encoded once,
-batched across the envs, by the encoder that built the store; the actor sees those features.
-What is recorded follows the trajectory store's RLDS convention (step t: features of frame t,
-the reward received on arriving at it, the action taken after it), with actions stored as the
-vectors `pipeline.envs.actions` defines, ready for an embedding store or a replay.
+Collection records frames; fine-tuning, evaluation and agents that collect play through the
+encoder: each frame is encoded once, batched across the envs, by the encoder that built the
+store, and the actor sees those features. Evaluation plays without exploration on its own RNG
+(`evaluate_agent`); uniformly random actions on the same episode seeds give the floor
+(`random_returns`). What is recorded follows the trajectory store's RLDS convention (step t:
+frame t or its features, the reward received on arriving at it, the action taken after it), with
+actions stored as the vectors `pipeline.envs.actions` defines, ready for a trajectory shard, an
+embedding store or a replay.
 """
 
 from __future__ import annotations
@@ -15,12 +19,51 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
+import gymnasium
 import numpy as np
 import torch
 
 from pipeline.encoders.store_encoder import StoreEncoder
+from pipeline.envs import make_env
 from pipeline.envs.actions import action_dim, is_discrete, to_env_action, to_stored
 from pipeline.envs.env_pool import EnvPool
+from pipeline.envs.store_env import env_options
+from pipeline.policies import Policy, RandomPolicy
+from pipeline.storage.episode import Episode
+
+
+def collect_episode(env: gymnasium.Env, policy: Policy, env_seed: int, policy_seed: int,
+                    max_steps: int | None = None,
+                    on_frame: Callable[[np.ndarray], None] | None = None) -> Episode:
+    """Run one episode to its end (or `max_steps`) in the RLDS step convention.
+
+    Actions are stored as vectors (`pipeline.envs.actions`: one-hot for discrete envs). `on_frame`
+    sees each frame as soon as it is rendered (collection hands it to the shard's writer process).
+    """
+    observation, _ = env.reset(seed=env_seed)
+    policy.reset(policy_seed)
+    frames, states, actions, rewards = [observation["image"]], [observation["state"]], [], [0.0]
+    if on_frame:
+        on_frame(observation["image"])
+    terminated = False
+    while True:
+        action = policy.act(observation)
+        observation, reward, terminated, truncated, _ = env.step(action)
+        actions.append(to_stored(action, env.action_space))
+        rewards.append(reward)
+        frames.append(observation["image"])
+        states.append(observation["state"])
+        if on_frame:
+            on_frame(observation["image"])
+        if terminated or truncated or (max_steps is not None and len(actions) >= max_steps):
+            break
+    actions.append(np.zeros_like(actions[0]))  # no action follows the last observation
+    length = len(frames)
+    flags = {name: np.zeros(length, bool) for name in ("is_first", "is_last", "is_terminal")}
+    flags["is_first"][0] = flags["is_last"][-1] = True
+    flags["is_terminal"][-1] = terminated
+    return Episode(frames=np.stack(frames), action=np.stack(actions), reward=np.asarray(rewards, np.float32),
+                   state=np.stack(states), **flags)
 
 
 class StepTimer:
@@ -126,6 +169,28 @@ def play_episodes(pool: EnvPool, encoder: StoreEncoder, actor: Callable[[np.ndar
         if after_step is not None:
             after_step(len(stepped))
     return [_finish(episode, encoder.feature, first_frames[i]) for i, episode in enumerate(record)]
+
+
+def random_returns(settings: dict, variant: str, seeds: list[int], max_steps: int | None) -> list[float]:
+    """Returns of uniformly random actions on the given episode seeds: the floor of every curve."""
+    env = make_env(settings["env"], variant, settings["variant_seed"], **env_options(settings))
+    try:
+        policy = RandomPolicy(env.action_space)
+        return [collect_episode(env, policy, seed, seed, max_steps).total_return for seed in seeds]
+    finally:
+        env.close()
+
+
+def evaluate_agent(agent, pool: EnvPool, encoder: StoreEncoder, seeds: list[int], max_steps: int | None,
+                   device: str, rng_seed: int):
+    """Episodes without exploration, on their own RNG: evaluating never changes training."""
+    episodes = []
+    with torch.random.fork_rng():
+        torch.manual_seed(rng_seed)
+        for first in range(0, len(seeds), pool.count):
+            batch = seeds[first:first + pool.count]
+            episodes += play_episodes(pool, encoder, AgentActor(agent, device, explore=False), batch, max_steps)
+    return episodes
 
 
 def _finish(episode: dict, feature: str, first_frame: np.ndarray) -> PlayedEpisode:

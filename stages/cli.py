@@ -19,6 +19,7 @@ from rich.table import Table
 from pipeline.config import (CollectConfig, EncodeConfig, EvaluateConfig, EvaluateModelConfig, FinetuneConfig,
                              ReportConfig, TrainConfig, load_config)
 from pipeline.errors import UserError
+from world_models.errors import WorldModelError
 
 CONFIG_HELP = ("YAML file, or FILE:SECTION (e.g. params.yaml:collect), giving options; repeat to "
                "compose (later ones win); flags win over all.")
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the command; bad input is one line on stderr and exit code 2."""
     try:
         result = cli.main(args=argv, prog_name="pvr-pipe", standalone_mode=False)
-    except UserError as error:
+    except (UserError, WorldModelError) as error:
         _fail("pvr-pipe", str(error))
     except click.ClickException as error:
         ctx = getattr(error, "ctx", None)

@@ -21,11 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import __version__
 from pipeline.config import CollectConfig
 from pipeline.envs import check_variant, make_env
-from pipeline.envs.actions import action_dim, is_discrete, to_stored
+from pipeline.envs.actions import action_dim, is_discrete
 from pipeline.errors import UserError
 from pipeline.policies import Policy, make_policy
 from pipeline.provenance import code_version
-from pipeline.storage.episode import Episode
+from pipeline.rollout import collect_episode
 from pipeline.storage.manifest import ShardRecord, TrajectoryManifest
 from pipeline.storage.trajectory_writer import BackgroundShardWriter, TrajectoryDatasetWriter, episode_key, shard_name
 
@@ -34,40 +34,6 @@ def episode_seeds(seed: int, episodes: int) -> list[tuple[int, int]]:
     """(env seed, policy seed) per episode, independent streams derived from the master seed."""
     children = np.random.SeedSequence(seed).spawn(episodes)
     return [tuple(int(s) for s in child.generate_state(2)) for child in children]
-
-
-def collect_episode(env: gymnasium.Env, policy: Policy, env_seed: int, policy_seed: int,
-                    max_steps: int | None = None,
-                    on_frame: Callable[[np.ndarray], None] | None = None) -> Episode:
-    """Run one episode to its end (or `max_steps`) in the RLDS step convention.
-
-    Actions are stored as vectors (`pipeline.envs.actions`: one-hot for discrete envs). `on_frame`
-    sees each frame as soon as it is rendered (collection hands it to the shard's writer process).
-    """
-    observation, _ = env.reset(seed=env_seed)
-    policy.reset(policy_seed)
-    frames, states, actions, rewards = [observation["image"]], [observation["state"]], [], [0.0]
-    if on_frame:
-        on_frame(observation["image"])
-    terminated = False
-    while True:
-        action = policy.act(observation)
-        observation, reward, terminated, truncated, _ = env.step(action)
-        actions.append(to_stored(action, env.action_space))
-        rewards.append(reward)
-        frames.append(observation["image"])
-        states.append(observation["state"])
-        if on_frame:
-            on_frame(observation["image"])
-        if terminated or truncated or (max_steps is not None and len(actions) >= max_steps):
-            break
-    actions.append(np.zeros_like(actions[0]))  # no action follows the last observation
-    length = len(frames)
-    flags = {name: np.zeros(length, bool) for name in ("is_first", "is_last", "is_terminal")}
-    flags["is_first"][0] = flags["is_last"][-1] = True
-    flags["is_terminal"][-1] = terminated
-    return Episode(frames=np.stack(frames), action=np.stack(actions), reward=np.asarray(rewards, np.float32),
-                   state=np.stack(states), **flags)
 
 
 def _make_env(cfg: CollectConfig) -> gymnasium.Env:

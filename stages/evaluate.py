@@ -18,16 +18,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.analysis.model_quality import (DEFAULT_HORIZON, METRIC_NAME, prediction_error_curve,
+                                             reward_and_reconstruction)
 from pipeline.config import EvaluateConfig
 from pipeline.encoders.store_encoder import StoreEncoder
 from pipeline.envs import get_entry
+from pipeline.envs.store_env import env_settings, make_pool
 from pipeline.errors import UserError
 from pipeline.provenance import code_version
-from pipeline.rollout import PlayedEpisode
+from pipeline.rollout import PlayedEpisode, evaluate_agent, random_returns
 from pipeline.storage.atomic_files import write_json_atomic
 from pipeline.storage.runs import EVALUATION_DIR, load_agent
-from stages.evaluate_model import DEFAULT_HORIZON, METRIC_NAME, prediction_error_curve, reward_and_reconstruction
-from stages.finetune import env_settings, evaluate_agent, make_pool, random_returns
 from world_models.replay import Replay
 
 METRICS_FILE = "metrics.json"

@@ -24,19 +24,17 @@ import torch
 import yaml
 
 from pipeline.analysis.linear_probe import probe_r2
+from pipeline.analysis.model_quality import (DEFAULT_HORIZON, METRIC_NAME, prediction_error_curve,
+                                             reward_and_reconstruction)
 from pipeline.config import EvaluateModelConfig
 from pipeline.errors import UserError
 from pipeline.provenance import code_version
 from pipeline.storage.atomic_files import write_bytes_atomic, write_json_atomic
-from pipeline.storage.embedding_store import read_store
+from pipeline.storage.checkpoint import load_checkpoint, restore_model
+from pipeline.storage.embedding_store import arrays_sha256, read_store
 from pipeline.storage.runs import CHECKPOINT, QUALITY_DIR, RUN_FILE
-from stages.train import arrays_sha256
-from world_models.checkpoint import load_checkpoint, restore_model
 from world_models.replay import Replay
 
-DEFAULT_HORIZON = {"dreamer": 500, "tdmpc": 33}
-METRIC_NAME = {"dreamer": "symmetric_kl", "tdmpc": "latent_mse"}
-WINDOW_BATCH = 32
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "prediction_error.tsv"
 
@@ -128,33 +126,3 @@ def _check_same_encoder(run_info: dict, attrs: dict, store: str) -> None:
                         f"evaluate on a store of the same encoder")
     if attrs["env"] != run_info["env"]:
         raise UserError(f"store '{store}' holds {attrs['env']} but the run was trained on {run_info['env']}")
-
-
-def prediction_error_curve(model, replay: Replay, context: int, horizon: int, device: str) -> dict[str, np.ndarray]:
-    """Mean over windows of the per-step open-loop error; windows tile each episode."""
-    length = context + horizon
-    starts = torch.from_numpy(replay.window_starts(length, stride=horizon))
-    sums = {"model": np.zeros(horizon), "copy_last": np.zeros(horizon)}
-    for chunk in starts.split(WINDOW_BATCH):
-        batch = replay.gather(chunk, length, model.cfg.frame_stack)
-        result = model.open_loop({k: v.to(device) for k, v in batch.items()}, context)
-        for key in sums:
-            sums[key] += result[key].cpu().numpy() * len(chunk)
-    return {key: value / len(starts) for key, value in sums.items()}
-
-
-def reward_and_reconstruction(model, replay: Replay, device: str) -> dict:
-    """One whole episode at a time; frame 0 carries no reward (RLDS) and is left out."""
-    predicted, actual, reconstruction = [], [], []
-    for start, end in zip(replay.episode_start, replay.episode_end):
-        batch = replay.gather(torch.tensor([start]), int(end - start), model.cfg.frame_stack)
-        result = model.one_step_predictions({k: v.to(device) for k, v in batch.items()})
-        predicted.append(result["reward"][0, 1:].cpu().numpy())
-        actual.append(batch["reward"][0, 1:].numpy())
-        if "reconstruction" in result:
-            reconstruction.append(result["reconstruction"][0].cpu().numpy())
-    predicted, actual = np.concatenate(predicted), np.concatenate(actual)
-    varies = predicted.std() > 1e-8 and actual.std() > 1e-8
-    return {"reward": {"mae": float(np.abs(predicted - actual).mean()),
-                       "correlation": float(np.corrcoef(predicted, actual)[0, 1]) if varies else 0.0},
-            "reconstruction_mse": float(np.concatenate(reconstruction).mean()) if reconstruction else None}

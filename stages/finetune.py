@@ -36,20 +36,17 @@ from pipeline import __version__
 from pipeline.config import FinetuneConfig
 from pipeline.encoders.store_encoder import StoreEncoder
 from pipeline.envs.actions import action_dim
-from pipeline.envs import make_env
-from pipeline.envs.env_pool import EnvPool
+from pipeline.envs.store_env import env_settings, make_pool
 from pipeline.errors import UserError
-from pipeline.policies import RandomPolicy
 from pipeline.provenance import code_version
-from pipeline.rollout import AgentActor, RandomActor, StepTimer, play_episodes
+from pipeline.rollout import AgentActor, RandomActor, StepTimer, evaluate_agent, play_episodes, random_returns
 from pipeline.storage import embedding_store
 from pipeline.storage.atomic_files import write_bytes_atomic
-from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
+from pipeline.storage.checkpoint import load_checkpoint, save_agent_checkpoint
+from pipeline.storage.live_metrics import open_live
 from pipeline.storage.runs import (AGENT_CHECKPOINT, CHECKPOINT, EVALUATION_DIR, FINETUNE_DIR, FINETUNE_FILE,
                                    LIVE_DIR, RUN_FILE, read_yaml)
-from stages.collect import collect_episode
-from stages.train import arrays_sha256, open_live
-from world_models.checkpoint import load_checkpoint, save_agent_checkpoint
+from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
 from world_models.registry import make_agent, make_world_model, with_settings, world_model_config
 from world_models.replay import Replay, concat_batches, split_episodes
 
@@ -60,49 +57,8 @@ TRAIN_STREAM, EVAL_STREAM = 0, 1          # seed-sequence branches of training a
 TRAIN_RATIO = {"dreamer": 0.5, "tdmpc": 1.0}
 
 
-def env_settings(attrs: dict) -> dict[str, Any]:
-    """How the store's dataset was collected: the env, look and rendering to play online."""
-    collect = attrs.get("collect_config")
-    if collect is None:
-        raise UserError(f"store '{attrs.get('source_dataset')}' does not record how its frames were collected "
-                        f"(made by an older pvr-pipe or not by `pvr-pipe encode`); re-encode it")
-    return {key: collect[key] for key in ("env", "variant", "variant_seed", "frame_size", "action_repeat", "camera",
-                                         "fast_render", "max_steps")}
-
-
-def env_options(settings: dict) -> dict[str, Any]:
-    """`make_env` options that render as the store's dataset was rendered."""
-    return {key: settings[key] for key in ("frame_size", "action_repeat", "camera", "fast_render")}
-
-
-def make_pool(settings: dict, variant: str, count: int) -> EnvPool:
-    return EnvPool(settings["env"], variant, settings["variant_seed"], count, **env_options(settings))
-
-
 def episode_seeds(seed: int, stream: int, index: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(count)]
-
-
-def random_returns(settings: dict, variant: str, seeds: list[int], max_steps: int | None) -> list[float]:
-    """Returns of uniformly random actions on the given episode seeds: the floor of every curve."""
-    env = make_env(settings["env"], variant, settings["variant_seed"], **env_options(settings))
-    try:
-        policy = RandomPolicy(env.action_space)
-        return [collect_episode(env, policy, seed, seed, max_steps).total_return for seed in seeds]
-    finally:
-        env.close()
-
-
-def evaluate_agent(agent, pool: EnvPool, encoder: StoreEncoder, seeds: list[int], max_steps: int | None,
-                   device: str, rng_seed: int):
-    """Episodes without exploration, on their own RNG: evaluating never changes training."""
-    episodes = []
-    with torch.random.fork_rng():
-        torch.manual_seed(rng_seed)
-        for first in range(0, len(seeds), pool.count):
-            batch = seeds[first:first + pool.count]
-            episodes += play_episodes(pool, encoder, AgentActor(agent, device, explore=False), batch, max_steps)
-    return episodes
 
 
 def sample_batch(offline: Replay | None, online: Replay, wm_cfg, offline_fraction: float,
@@ -285,7 +241,7 @@ def _starting_point(cfg: FinetuneConfig) -> dict[str, Any]:
         checkpoint = load_checkpoint(cfg.run / CHECKPOINT)
         store = run_info["store"]
         arrays, episode_start, attrs = embedding_store.read_store(store)
-        store_sha = arrays_sha256(arrays)
+        store_sha = embedding_store.arrays_sha256(arrays)
         if store_sha != run_info["identity"]["store_sha256"]:
             raise UserError(f"the run's store '{store}' changed since training; retrain the run")
         spec = checkpoint["spec"]
@@ -306,8 +262,8 @@ def _starting_point(cfg: FinetuneConfig) -> dict[str, Any]:
             "discrete_actions": attrs.get("action_space") == "discrete"}
     train_episodes, _ = split_episodes(len(episode_start), 0.2) if len(episode_start) > 1 else ([0], [])
     return {"arrays": arrays, "episode_start": episode_start, "attrs": attrs, "store": store,
-            "store_sha256": arrays_sha256(arrays), "spec": spec, "preset": cfg.preset, "checkpoint": None,
-            "train_episodes": train_episodes, "source": {"scratch": True, "preset": cfg.preset}}
+            "store_sha256": embedding_store.arrays_sha256(arrays), "spec": spec, "preset": cfg.preset,
+            "checkpoint": None, "train_episodes": train_episodes, "source": {"scratch": True, "preset": cfg.preset}}
 
 
 def _check_out_dir(out: Path, identity: dict) -> None:

@@ -9,7 +9,6 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from collections import defaultdict
@@ -25,27 +24,18 @@ from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.provenance import code_version
 from pipeline.storage.atomic_files import write_bytes_atomic
-from pipeline.storage.embedding_store import read_store
+from pipeline.storage.checkpoint import load_checkpoint, restore_training, save_checkpoint
+from pipeline.storage.embedding_store import arrays_sha256, read_store
+from pipeline.storage.live_metrics import open_live
 from pipeline.storage.runs import CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE
 from pipeline.task_settings import task_settings
-from world_models.checkpoint import load_checkpoint, restore_training, save_checkpoint
 from world_models.registry import make_world_model, world_model_config
 from world_models.replay import Replay, split_episodes
-
 
 
 def default_out(cfg: TrainConfig, attrs: dict) -> Path:
     dataset = Path(str(attrs["source_dataset"]).rstrip("/")).name
     return Path("runs") / dataset / attrs["encoder"] / cfg.world_model / f"seed{cfg.seed}"
-
-
-def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
-    """Content hash of the arrays a run trains on (independent of chunking and compression)."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-    return digest.hexdigest()
 
 
 def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
@@ -132,15 +122,3 @@ def _check_run_dir(out: Path, identity: dict) -> None:
     if existing != identity:
         changed = ", ".join(k for k in identity if existing.get(k) != identity[k])
         raise UserError(f"'{out}' holds a run with a different {changed}; choose another --out or remove it first")
-
-
-def open_live(directory: Path, resume_from: int):
-    """dvclive logger; on resume, drops rows logged after the checkpoint (they will be logged again)."""
-    from dvclive import Live
-
-    for tsv in (directory / "plots").rglob("*.tsv") if resume_from else []:
-        lines = tsv.read_text().splitlines()
-        step_column = lines[0].split("\t").index("step")
-        kept = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[step_column]) <= resume_from]
-        write_bytes_atomic(tsv, ("\n".join(kept) + "\n").encode())
-    return Live(str(directory), resume=resume_from > 0, save_dvc_exp=False, dvcyaml=False, report=None)

@@ -8,8 +8,9 @@ import numpy as np
 from pipeline.storage.manifest import read_manifest
 from pipeline.envs import make_env
 from pipeline.policies import RandomPolicy
+from pipeline.rollout import collect_episode
 from pipeline.storage.trajectory_reader import iter_episodes
-from stages.collect import collect_episode, episode_seeds
+from stages.collect import episode_seeds
 from tests.conftest import PVR_PIPE, collect_toy, pvr_pipe, snapshot
 
 DMC = ["--env", "dmc/cartpole-swingup", "--variant", "lighting", "--seed", "11", "--quiet"]

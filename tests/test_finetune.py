@@ -17,11 +17,11 @@ from conftest import PVR_PIPE, assert_user_error, collect_toy, pvr_pipe, write_l
 from pipeline.config import EncodeConfig, FinetuneConfig, TrainConfig
 from pipeline.encoders.store_encoder import StoreEncoder
 from pipeline.envs import make_env
+from pipeline.storage.checkpoint import load_checkpoint
 from pipeline.storage.embedding_store import read_store
 from pipeline.storage.manifest import read_manifest
 from pipeline.storage.runs import load_agent
 from stages import encode, finetune, train
-from world_models.checkpoint import load_checkpoint
 
 SHORT_EPISODES = dict(episodes=6, max_steps=25, episodes_per_shard=3, seed=5)
 

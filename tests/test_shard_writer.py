@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.envs import make_env
 from pipeline.policies import RandomPolicy
+from pipeline.rollout import collect_episode
 from pipeline.storage.trajectory_writer import (BackgroundShardWriter, encode_frame, episode_arrays_sample,
                                                 episode_key, frames_sample, write_shard)
-from stages.collect import collect_episode
 from tests.conftest import PVR_PIPE
 
 

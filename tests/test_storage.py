@@ -8,9 +8,9 @@ import webdataset as wds
 from pipeline.envs import make_env
 from pipeline.errors import UserError
 from pipeline.policies import RandomPolicy
+from pipeline.rollout import collect_episode
 from pipeline.storage.manifest import read_manifest, sha256_file
 from pipeline.storage.trajectory_reader import iter_episodes, verify_dataset
-from stages.collect import collect_episode
 from tests.conftest import collect_toy
 
 

@@ -9,10 +9,10 @@ import torch
 
 from conftest import collect_toy
 from pipeline.config import EncodeConfig, TrainConfig
+from pipeline.storage.checkpoint import load_checkpoint, restore_model
 from pipeline.storage.embedding_store import read_store
 from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
 from stages import encode, train
-from world_models.checkpoint import load_checkpoint, restore_model
 from world_models.registry import make_world_model, world_model_config
 from world_models.replay import Replay
 from world_models.tdmpc import random_shift
@@ -42,7 +42,7 @@ def frame_latents(model, store):
 def test_a_short_training_run_keeps_the_latents_of_different_frames_apart(toy_pixel_store, tmp_path):
     """Before the fix every frame's latent went to one saturated one-hot per SimNorm group
     (spread over frames 1e-20, all pairwise distances 0) within a few hundred updates."""
-    run_dir = train.run(TrainConfig(store=toy_pixel_store, world_model="tdmpc", preset="xs", updates=200,
+    run_dir = train.run(TrainConfig(store=toy_pixel_store, world_model="tdmpc", preset="xs", updates=100,
                                     log_every=50, checkpoint_every=1000, out=tmp_path / "run"), show_progress=False)
     trained = restore_model(load_checkpoint(run_dir / "checkpoint.pt"))
     initial = make_world_model("tdmpc", trained.cfg, "pixels", (3, 64, 64), 2)
@@ -52,7 +52,7 @@ def test_a_short_training_run_keeps_the_latents_of_different_frames_apart(toy_pi
     assert torch.pdist(latents).median() > 1e-3
     assert latents.reshape(len(latents), -1, 8).max(-1).values.mean() < 0.9     # no saturated one-hots
     logged = (run_dir / "live/plots/metrics/train/latent_std.tsv").read_text().splitlines()[1:]
-    assert len(logged) == 4 and all(float(row.split("\t")[1]) > 0.5 * float(spread_at_start) for row in logged)
+    assert len(logged) == 2 and all(float(row.split("\t")[1]) > 0.5 * float(spread_at_start) for row in logged)
 
 
 def test_the_target_q_ensemble_has_no_dropout_in_training_mode():

@@ -13,8 +13,8 @@ import torch
 
 from conftest import PVR_PIPE, assert_user_error, pvr_pipe, write_linear_system_store
 from pipeline.config import EvaluateModelConfig, TrainConfig
+from pipeline.storage.checkpoint import load_checkpoint, restore_model
 from stages import evaluate_model, train
-from world_models.checkpoint import load_checkpoint, restore_model
 from world_models.replay import Replay, split_episodes
 
 # Short runs: a higher learning rate, and no warm-up for dreamer (its 1000-update warm-up would

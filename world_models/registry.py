@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.errors import UserError
 from world_models import dreamer, tdmpc
 from world_models.dreamer_agent import DreamerAgent
+from world_models.errors import WorldModelError
 from world_models.tdmpc_agent import TDMPCAgent
 
 WORLD_MODELS = {
@@ -20,16 +20,16 @@ CHOICES = {"embed_head": ("linear", "mlp"), "actor_grad": ("auto", "reinforce", 
 
 
 def world_model_config(name: str, preset: str, overrides: dict[str, Any]):
-    """The preset's config with `overrides` (None values ignored); unknown names are a UserError."""
+    """The preset's config with `overrides` (None values ignored); unknown names are a WorldModelError."""
     if name not in WORLD_MODELS:
-        raise UserError(f"unknown world model '{name}'; choose one of {', '.join(WORLD_MODELS)}")
+        raise WorldModelError(f"unknown world model '{name}'; choose one of {', '.join(WORLD_MODELS)}")
     _, config_class, presets = WORLD_MODELS[name]
     if preset not in presets:
-        raise UserError(f"unknown preset '{preset}' for {name}; choose one of {', '.join(presets)}")
+        raise WorldModelError(f"unknown preset '{preset}' for {name}; choose one of {', '.join(presets)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(given) - set(config_class.__dataclass_fields__))
     if unknown:
-        raise UserError(f"{name} has no setting {unknown}; its settings: {', '.join(config_class.__dataclass_fields__)}")
+        raise WorldModelError(f"{name} has no setting {unknown}; its settings: {', '.join(config_class.__dataclass_fields__)}")
     fields = config_class.__dataclass_fields__
     return replace(presets[preset], **{key: _coerce(name, key, value, fields[key].type) for key, value in given.items()})
 
@@ -42,9 +42,9 @@ def _coerce(name: str, key: str, value: Any, type_name: str) -> Any:
             raise ValueError
         cast = caster(float(value)) if type_name == "int" else caster(value)
     except (TypeError, ValueError):
-        raise UserError(f"{name} setting '{key}' must be {type_name}, got {value!r}") from None
+        raise WorldModelError(f"{name} setting '{key}' must be {type_name}, got {value!r}") from None
     if key in CHOICES and cast not in CHOICES[key]:
-        raise UserError(f"{name} setting '{key}' must be {' or '.join(CHOICES[key])}, got {value!r}")
+        raise WorldModelError(f"{name} setting '{key}' must be {' or '.join(CHOICES[key])}, got {value!r}")
     return cast
 
 
@@ -58,11 +58,11 @@ def _boolean(value: Any) -> bool:
 
 def with_settings(name: str, config: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """A trained model's config with `settings` over it; a setting that would reshape the weights is
-    a UserError."""
+    a WorldModelError."""
     module = {"dreamer": dreamer, "tdmpc": tdmpc}[name]
     reshaping = sorted(k for k in settings if k in module.ARCHITECTURE and settings[k] != config.get(k))
     if reshaping:
-        raise UserError(f"{name} settings {reshaping} shape the trained weights; train a new run with them instead")
+        raise WorldModelError(f"{name} settings {reshaping} shape the trained weights; train a new run with them instead")
     _, config_class, presets = WORLD_MODELS[name]
     return world_model_config(name, next(iter(presets)), {**config, **settings}).as_dict()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.errors import UserError
+from world_models.errors import WorldModelError
 
 STEP_DTYPES = {"action": np.float32, "reward": np.float32, "is_first": bool, "is_terminal": bool,
                "state": np.float32}
@@ -115,7 +115,7 @@ class Replay:
         starts = self._windows[length, stride]
         if len(starts) == 0:
             longest = int((self.episode_end - self.episode_start).max(initial=0))
-            raise UserError(f"no episode has {length} frames (longest: {longest}); use a shorter sequence "
+            raise WorldModelError(f"no episode has {length} frames (longest: {longest}); use a shorter sequence "
                             f"length or collect longer episodes")
         return starts
 
@@ -168,7 +168,7 @@ def split_episodes(episodes: int, validation_fraction: float, split_seed: int = 
     """Training and held-out episode ids: a fixed shuffle (not the training seed, so every seed of
     a study is scored on the same episodes); at least one episode on each side."""
     if episodes < 2:
-        raise UserError(f"the store has {episodes} episode(s); hold-out validation needs at least 2")
+        raise WorldModelError(f"the store has {episodes} episode(s); hold-out validation needs at least 2")
     order = np.random.default_rng(split_seed).permutation(episodes)
     held_out = min(max(1, round(episodes * validation_fraction)), episodes - 1)
     return sorted(order[held_out:].tolist()), sorted(order[:held_out].tolist())

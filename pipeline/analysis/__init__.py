@@ -1,1 +1,2 @@
-"""Analyses of embeddings that do not need a world model (e.g. how much state they keep)."""
+"""Analyses: of embeddings without a world model (`linear_probe`: how much state they keep), and
+of trained world models (`model_quality`: prediction and reward errors)."""

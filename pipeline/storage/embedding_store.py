@@ -14,6 +14,7 @@ records how far the store is valid, and a resumed run cuts it back there (`trunc
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -126,6 +127,15 @@ def read_store(url: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, A
     if missing:
         raise UserError(f"embedding store '{url}' lacks arrays {missing}; re-encode it with `pvr-pipe encode`")
     return {name: group[name][:] for name in names}, group["episode_start"][:], attrs
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """Content hash of the arrays a run trains on (independent of chunking and compression)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
 
 
 def append_episode(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:

@@ -35,7 +35,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_agent(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any], str]:
     """The agent of a fine-tune (or the planner of an offline tdmpc run), the attrs of its store,
     and a name saying what it is."""
-    from world_models.checkpoint import load_checkpoint, restore_agent, restore_model
+    from pipeline.storage.checkpoint import load_checkpoint, restore_agent, restore_model
     from world_models.registry import make_agent
 
     run_dir = Path(run_dir)

@@ -1,4 +1,6 @@
-"""World-model checkpoints: weights, optimiser and RNG states, and what is needed to rebuild."""
+"""Checkpoint files of world models and agents: weights, optimiser and RNG states, and the spec
+that rebuilds them (through `world_models.registry`). Written atomically; a missing or unreadable
+file is a `UserError`."""
 
 from __future__ import annotations
 
