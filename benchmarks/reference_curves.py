@@ -507,6 +507,7 @@ def plot_task(task: str, groups: list[dict[str, Any]], x_axis: str, path: Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     world_models = list(dict.fromkeys(group["world_model"] for group in groups))
     encoders = list(dict.fromkeys(group["encoder"] for group in groups))
@@ -574,6 +575,7 @@ def plot_task(task: str, groups: list[dict[str, Any]], x_axis: str, path: Path,
         ax.set_ylim(0, 1050)
         ax.set_xlabel("simulator steps (agent steps x action repeat %d)" % repeat if x_axis == "simulator"
                       else "agent steps (action repeat %d; simulator steps / %d)" % (repeat, repeat))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
         ax.set_ylabel("evaluation return")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
