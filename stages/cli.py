@@ -161,7 +161,8 @@ def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **opti
 @click.option("--num-envs", type=int, help="Envs stepped in parallel (one process each).")
 @click.option("--train-ratio", type=float, help="Gradient updates per agent step (default: dreamer 0.5, tdmpc 1).")
 @click.option("--offline-fraction", type=float, help="Share of each batch from the offline store (0: online only).")
-@click.option("--seed-steps", type=int, help="Random-action steps before the agent acts.")
+@click.option("--seed-steps", type=int, help="Random-action steps before the agent acts and learns (default: tdmpc "
+              "from nothing max(1000, 5 x episode length), as TD-MPC2; otherwise 0).")
 @click.option("--max-steps", type=int, help="Cap on agent steps per episode (default: the dataset's).")
 @click.option("--eval-every", type=int, help="Agent steps between evaluations.")
 @click.option("--eval-episodes", type=int, help="Episodes per evaluation.")
