@@ -111,6 +111,7 @@ def test_episodes_are_truncated_at_the_time_limit_never_terminated():
         assert not terminated
         steps += 1
     assert steps * env.action_repeat == 50  # ManiSkill's time limit for PushCube-v1
+    assert env.time_limit == steps and env.episodic is False
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

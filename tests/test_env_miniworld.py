@@ -114,6 +114,7 @@ def test_time_limit_is_a_truncation_counted_in_miniworld_steps(action_repeat):
         assert not terminated
         steps += 1
     assert steps == math.ceil(180 / action_repeat)  # OneRoom's limit: 180 Miniworld steps
+    assert env.time_limit == steps and env.episodic is True
 
 
 def test_unknown_variant_and_other_cameras_are_user_errors():

@@ -89,6 +89,7 @@ def test_dmc_episode_is_1000_env_steps_then_truncated():
         assert not terminated
         steps += 1
     assert steps * env.action_repeat == 1000
+    assert env.time_limit == steps and env.episodic is False   # what collect records for the discount
 
 
 def test_actions_are_stored_as_vectors_and_map_back_to_the_env():

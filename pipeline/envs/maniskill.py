@@ -77,7 +77,7 @@ class ManiSkillEnv(gymnasium.Env):
         self.action_repeat = action_repeat or 1
         self._variant, self._variant_seed = variant, variant_seed
         self._env = _make(task, frame_size)
-        self.time_limit = math.ceil(self._env.spec.max_episode_steps / self.action_repeat)   # agent steps
+        self.time_limit = math.ceil(self._env._max_episode_steps / self.action_repeat)   # agent steps (its TimeLimitWrapper)
         space = self._env.unwrapped.single_action_space
         self.action_space = gymnasium.spaces.Box(space.low, space.high, dtype=np.float32)
         self._prepare_scene()
