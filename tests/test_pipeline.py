@@ -70,6 +70,7 @@ def branch(encoders, world_models, seeds) -> set[str]:
             for wm in world_models for seed in seeds}
 
 
+@pytest.mark.timeout(1200)   # 13 DVC stages; about 10 min when the machine is shared
 def test_tiny_study_runs_reruns_nothing_or_one_branch_and_is_shared_through_a_remote(repo_copy):
     repo = repo_copy
     params = make_tiny(repo, encoders=["pixels"], seeds=[0])
