@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from world_models.errors import WorldModelError
 from world_models.math import dreamer_bins, soft_cross_entropy, symlog, two_hot, two_hot_decode
 from world_models.optimizers import LaProp
 
@@ -177,7 +178,8 @@ class RSSM(nn.Module):
     def __init__(self, embed_dim: int, action_dim: int, cfg: DreamerConfig):
         super().__init__()
         if cfg.deter % cfg.blocks:
-            raise ValueError(f"deter ({cfg.deter}) must be a multiple of blocks ({cfg.blocks})")
+            raise WorldModelError(f"dreamer setting deter ({cfg.deter}) must be a multiple of blocks ({cfg.blocks}); "
+                                  f"choose another --set blocks=N")
         self.cfg = cfg
         stoch_flat, group = cfg.stoch * cfg.classes, cfg.deter // cfg.blocks
         self.deter_in = dense(cfg.deter, cfg.hidden)
