@@ -172,13 +172,26 @@ def play_episodes(pool: EnvPool, encoder: StoreEncoder, actor: Callable[[np.ndar
 
 
 def random_returns(settings: dict, variant: str, seeds: list[int], max_steps: int | None) -> list[float]:
-    """Returns of uniformly random actions on the given episode seeds: the floor of every curve."""
-    env = make_env(settings["env"], variant, settings["variant_seed"], **env_options(settings))
+    """Returns of uniformly random actions on the given episode seeds: the floor of every curve.
+
+    The same actions and returns as `collect_episode` with a `RandomPolicy`, without rendering.
+    """
+    env = make_env(settings["env"], variant, settings["variant_seed"], step_frames=False, **env_options(settings))
+    policy = RandomPolicy(env.action_space)
+    returns = []
     try:
-        policy = RandomPolicy(env.action_space)
-        return [collect_episode(env, policy, seed, seed, max_steps).total_return for seed in seeds]
+        for seed in seeds:
+            observation, _ = env.reset(seed=seed)
+            policy.reset(seed)
+            rewards, done = [0.0], False
+            while not done:
+                observation, reward, terminated, truncated, _ = env.step(policy.act(observation))
+                rewards.append(reward)
+                done = terminated or truncated or (max_steps is not None and len(rewards) > max_steps)
+            returns.append(float(np.asarray(rewards, np.float32).sum()))   # summed as Episode.total_return
     finally:
         env.close()
+    return returns
 
 
 def evaluate_agent(agent, pool: EnvPool, encoder: StoreEncoder, seeds: list[int], max_steps: int | None,

@@ -146,7 +146,7 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
     timer = StepTimer(progress_state["seconds"])
     spec_out = {**spec, "preset": start["preset"]}
 
-    with make_pool(settings, settings["variant"], cfg.num_envs) as pool, \
+    with make_pool(settings, settings["variant"], cfg.num_envs, step_frames=encoder.reads == "image") as pool, \
             Progress(TextColumn(f"finetune {spec['world_model']} on {attrs['encoder']}"), BarColumn(),
                      MofNCompleteColumn(), TextColumn("agent steps {task.fields[status]}"), TimeRemainingColumn(),
                      disable=not show_progress) as bar:

@@ -35,6 +35,23 @@ def test_dmc_observation_has_frame_and_state(task):
     assert observation["image"].std() > 0  # a real picture, not a blank frame
 
 
+@pytest.mark.parametrize("env_id", ["dmc/cartpole-swingup", "toy/pointmass-reach", "miniworld/OneRoom-v0"])
+def test_without_step_frames_steps_observe_the_same_states_and_no_frame(env_id):
+    def states(step_frames):
+        env = make_env(env_id, step_frames=step_frames)
+        env.action_space.seed(0)
+        observation, _ = env.reset(seed=3)
+        assert observation["image"].std() > 0   # reset still renders: evaluate saves each look's first frame
+        seen = [observation["state"]]
+        for _ in range(5):
+            observation = env.step(env.action_space.sample())[0]
+            assert ("image" in observation) == step_frames
+            seen.append(observation["state"])
+        return np.stack(seen)
+
+    np.testing.assert_array_equal(states(False), states(True))
+
+
 def test_dmc_renders_224_pixels_for_pvrs():
     assert first_frame("dmc/cartpole-swingup", frame_size=224)["image"].shape == (224, 224, 3)
 

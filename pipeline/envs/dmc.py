@@ -42,14 +42,15 @@ class DMCEnv(gymnasium.Env):
     episodic = False   # every episode runs to the time limit
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
-                 action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False):
+                 action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False,
+                 step_frames: bool = True):
         os.environ.setdefault("MUJOCO_GL", "egl")
         from dm_control import suite
 
         domain, task_name = task.split("-", 1)
         domain = _DOMAIN_NAMES.get(domain, domain)
         self._env = suite.load(domain, task_name.replace("-", "_"), task_kwargs={"random": 0})
-        self.frame_size = frame_size
+        self.frame_size, self.step_frames = frame_size, step_frames
         self.action_repeat = action_repeat or DEFAULT_ACTION_REPEAT
         self.time_limit = math.ceil(self._env._step_limit / self.action_repeat)   # agent steps
         self.camera = _camera_id(self._env.physics.model, task, _CAMERA.get(domain, 0) if camera is None else camera)
@@ -83,15 +84,15 @@ class DMCEnv(gymnasium.Env):
         # dm_control ends episodes by time limit with discount 1; discount 0 means a true terminal.
         terminated = time_step.last() and time_step.discount == 0.0
         truncated = time_step.last() and not terminated
-        return self._observation(time_step), reward, terminated, truncated, {}
+        return self._observation(time_step, self.step_frames), reward, terminated, truncated, {}
 
     def render(self) -> np.ndarray:
         return self._env.physics.render(self.frame_size, self.frame_size, camera_id=self.camera,
                                         render_flag_overrides=self._render_flags)
 
-    def _observation(self, time_step) -> dict[str, np.ndarray]:
+    def _observation(self, time_step, frame: bool = True) -> dict[str, np.ndarray]:
         state = np.concatenate([np.asarray(v, np.float32).ravel() for v in time_step.observation.values()])
-        return {"image": self.render(), "state": state}
+        return {"image": self.render(), "state": state} if frame else {"state": state}
 
     def close(self):
         self._env.close()

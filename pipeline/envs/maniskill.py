@@ -71,9 +71,10 @@ class ManiSkillEnv(gymnasium.Env):
     episodic = False   # no task here can fail, and success does not end an episode
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
-                 action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False):
+                 action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False,
+                 step_frames: bool = True):
         self.camera = camera_name(camera)
-        self.frame_size = frame_size
+        self.frame_size, self.step_frames = frame_size, step_frames
         self.action_repeat = action_repeat or 1
         self._variant, self._variant_seed = variant, variant_seed
         self._env = _make(task, frame_size)
@@ -102,7 +103,10 @@ class ManiSkillEnv(gymnasium.Env):
             reward += float(step_reward)
             if truncated:
                 break
-        return self._observation(raw), reward, False, bool(truncated), {"success": bool(info["success"])}
+        observation = self._observation(raw)
+        if not self.step_frames:
+            del observation["image"]   # the sensors render inside ManiSkill's step: nothing to save
+        return observation, reward, False, bool(truncated), {"success": bool(info["success"])}
 
     def render(self) -> np.ndarray:
         return self._observation(self._env.unwrapped.get_obs())["image"]

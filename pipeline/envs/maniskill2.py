@@ -83,8 +83,9 @@ class ManiSkill2Env(gymnasium.Env):
     episodic = False   # no task here can fail, and success does not end an episode
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
-                 action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False):
-        self.frame_size = frame_size
+                 action_repeat: int | None = None, camera: int | str | None = None, fast_render: bool = False,
+                 step_frames: bool = True):
+        self.frame_size, self.step_frames = frame_size, step_frames
         self.action_repeat = action_repeat or 1
         self.time_limit = math.ceil(TIME_LIMIT / self.action_repeat)   # agent steps
         self.camera = camera_name(camera)
@@ -105,7 +106,8 @@ class ManiSkill2Env(gymnasium.Env):
 
     def step(self, action):
         action = np.asarray(action, np.float32).reshape(ACTION_DIM)
-        header, arrays = self._call({"command": "step", "action": action.tolist(), "repeat": self.action_repeat})
+        header, arrays = self._call({"command": "step", "action": action.tolist(), "repeat": self.action_repeat,
+                                     "frame": self.step_frames})
         return arrays, header["reward"], False, header["truncated"], header["info"]
 
     def render(self) -> np.ndarray:

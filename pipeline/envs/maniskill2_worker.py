@@ -98,12 +98,12 @@ class EnvServer:
             observation, _ = self.env.reset(seed=request["seed"])
             return {}, self.observation(observation)
         if command == "step":
-            return self.step(np.asarray(request["action"], np.float32), request["repeat"])
+            return self.step(np.asarray(request["action"], np.float32), request["repeat"], request.get("frame", True))
         if command == "render":
             return {}, {"image": self.render()}
         raise ValueError(f"unknown command {command!r}")
 
-    def step(self, action: np.ndarray, repeat: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def step(self, action: np.ndarray, repeat: int, frame: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """`repeat` control steps; success does not end the episode, only the time limit does."""
         reward, truncated = 0.0, False
         for _ in range(repeat):
@@ -114,11 +114,11 @@ class EnvServer:
                 break
         header = {"reward": reward, "truncated": truncated,
                   "info": {key: np.asarray(value).item() for key, value in info.items()}}
-        return header, self.observation(observation)
+        return header, self.observation(observation, frame)
 
-    def observation(self, state_dict: dict) -> dict[str, np.ndarray]:
+    def observation(self, state_dict: dict, frame: bool = True) -> dict[str, np.ndarray]:
         state = np.concatenate([np.asarray(value, np.float32).ravel() for _, value in leaves(state_dict)])
-        return {"image": self.render(), "state": state}
+        return {"image": self.render(), "state": state} if frame else {"state": state}
 
     def render(self) -> np.ndarray:
         self.env.update_render()

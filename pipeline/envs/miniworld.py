@@ -68,7 +68,8 @@ class MiniworldEnv(gymnasium.Env):
     episodic = True    # reaching the goal ends an episode
 
     def __init__(self, task: str, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
-                 action_repeat: int | None = None, camera: int | None = None, fast_render: bool = False):
+                 action_repeat: int | None = None, camera: int | None = None, fast_render: bool = False,
+                 step_frames: bool = True):
         if camera not in (None, 0):
             raise UserError(f"Miniworld renders only the agent's own camera (0), not camera {camera}")
         envs = _import_miniworld()
@@ -79,7 +80,7 @@ class MiniworldEnv(gymnasium.Env):
             self._env = _styled(getattr(envs, task), look)(
                 obs_width=frame_size, obs_height=frame_size, window_width=frame_size,
                 window_height=frame_size, params=_params(look.params))
-        self.frame_size = frame_size
+        self.frame_size, self.step_frames = frame_size, step_frames
         self.action_repeat = action_repeat or 1
         self.time_limit = math.ceil(self._env.max_episode_steps / self.action_repeat)   # agent steps
         self.action_space = self._env.action_space
@@ -107,7 +108,10 @@ class MiniworldEnv(gymnasium.Env):
             reward += step_reward
             if terminated or truncated:
                 break
-        return self._observation(image), float(reward), terminated, truncated, {}
+        observation = self._observation(image)
+        if not self.step_frames:
+            del observation["image"]   # Miniworld renders every step anyway: nothing to save
+        return observation, float(reward), terminated, truncated, {}
 
     def render(self) -> np.ndarray:
         return self._env.render_obs()

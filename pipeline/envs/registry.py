@@ -1,7 +1,9 @@
 """The env registry: ids such as `dmc/cartpole-swingup`, their variants, and `make_env`.
 
 Every env is a `gymnasium.Env` whose observation is a dict with `image` (H x W x 3 uint8, the
-agent's camera) and `state` (the low-dimensional simulator state, float32, for probing).
+agent's camera) and `state` (the low-dimensional simulator state, float32, for probing). With
+`step_frames=False` only `reset` returns a frame and steps observe the state alone: an agent that
+reads the state needs no frames, and rendering costs DMC ~70x its physics.
 Suite modules are imported only when one of their envs is made, so listing envs is cheap.
 """
 

@@ -27,5 +27,7 @@ def env_options(settings: dict) -> dict[str, Any]:
     return {key: settings[key] for key in ("frame_size", "action_repeat", "camera", "fast_render")}
 
 
-def make_pool(settings: dict, variant: str, count: int) -> EnvPool:
-    return EnvPool(settings["env"], variant, settings["variant_seed"], count, **env_options(settings))
+def make_pool(settings: dict, variant: str, count: int, step_frames: bool = True) -> EnvPool:
+    """`step_frames=False`: steps observe the state alone (for encoders that read the state)."""
+    return EnvPool(settings["env"], variant, settings["variant_seed"], count, step_frames=step_frames,
+                   **env_options(settings))

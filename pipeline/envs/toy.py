@@ -33,8 +33,9 @@ class PointMassReach(gymnasium.Env):
     time_limit, episodic = EPISODE_STEPS, False
 
     def __init__(self, variant: str = TRAIN, variant_seed: int = 0, frame_size: int = 64,
-                 action_repeat: int | None = None, camera: int | None = None, fast_render: bool = False):
-        self.frame_size = frame_size
+                 action_repeat: int | None = None, camera: int | None = None, fast_render: bool = False,
+                 step_frames: bool = True):
+        self.frame_size, self.step_frames = frame_size, step_frames
         self.action_repeat = action_repeat or 1
         self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.observation_space = gymnasium.spaces.Dict({
@@ -62,7 +63,7 @@ class PointMassReach(gymnasium.Env):
             self._pos = np.clip(self._pos + self._vel, -1.0, 1.0)
             reward += 1.0 - np.linalg.norm(self._pos - self._goal) / 2.0
         self._t += 1
-        return self._observation(), float(reward), False, self._t >= EPISODE_STEPS, {}
+        return self._observation(self.step_frames), float(reward), False, self._t >= EPISODE_STEPS, {}
 
     def render(self) -> np.ndarray:
         look, size = self._look, self.frame_size
@@ -76,9 +77,9 @@ class PointMassReach(gymnasium.Env):
             image[(xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 <= radius ** 2] = color
         return np.clip(image * look["light"] * 255.0, 0, 255).astype(np.uint8)
 
-    def _observation(self) -> dict[str, np.ndarray]:
+    def _observation(self, frame: bool = True) -> dict[str, np.ndarray]:
         state = np.concatenate([self._pos, self._vel, self._goal]).astype(np.float32)
-        return {"image": self.render(), "state": state}
+        return {"image": self.render(), "state": state} if frame else {"state": state}
 
 
 def _look(variant: str, seed: int) -> dict[str, Any]:
