@@ -55,6 +55,22 @@ def test_a_short_training_run_keeps_the_latents_of_different_frames_apart(toy_pi
     assert len(logged) == 2 and all(float(row.split("\t")[1]) > 0.5 * float(spread_at_start) for row in logged)
 
 
+def test_simnorm_sees_layer_normalised_logits_so_large_weights_cannot_saturate_its_groups():
+    """The collapse's cause: Linear -> SimNorm let the logits grow until every group was a one-hot.
+    With TD-MPC2's Linear -> LayerNorm -> SimNorm, scaling the last Linear changes nothing."""
+    torch.manual_seed(0)
+    model = tdmpc().eval()
+    obs, action = torch.randn(32, 3, 6), torch.rand(32, 2) * 2 - 1
+    with torch.no_grad():
+        before = model.encode(obs), model.next(model.encode(obs), action)
+        for net in (model.encoder, model.dynamics):
+            [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(1000.0)
+        after = model.encode(obs), model.next(model.encode(obs), action)
+    for z_before, z_after in zip(before, after):
+        torch.testing.assert_close(z_after, z_before, atol=0.02, rtol=0)   # LayerNorm eps aside
+        assert z_after.reshape(32, -1, 8).max(-1).values.mean() < 0.9    # groups stay soft
+
+
 def test_the_target_q_ensemble_has_no_dropout_in_training_mode():
     torch.manual_seed(0)
     model = tdmpc(dropout=0.5).train()
