@@ -23,23 +23,37 @@ class LaProp(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        # One foreach kernel per operation over all tensors of a group, not one per tensor: a
+        # small model has ~80 tensors, and per-tensor Python loops were most of its update's ops.
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
-                grad = param.grad
-                if group["agc"]:
-                    limit = group["agc"] * torch.linalg.vector_norm(param).clamp(min=group["agc_floor"])
-                    # min(1, limit / norm) as a tensor: a Python `if` on it would wait for the GPU per tensor
-                    grad = grad * (limit / torch.linalg.vector_norm(grad).clamp(min=1e-30)).clamp(max=1.0)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for param in params:
+                if not self.state[param]:
+                    self.state[param].update(step=0, exp_avg=torch.zeros_like(param),
+                                             exp_avg_sq=torch.zeros_like(param))
+            states = [self.state[p] for p in params]
+            grads = [p.grad for p in params]
+            if group["agc"]:
+                limits = torch._foreach_clamp_min(torch._foreach_norm(params), group["agc_floor"])
+                norms = torch._foreach_clamp_min(torch._foreach_norm(grads), 1e-30)
+                # min(1, limit / norm) as tensors: a Python `if` on them would wait for the GPU per tensor
+                factors = torch._foreach_clamp_max(torch._foreach_div(torch._foreach_mul(limits, group["agc"]), norms), 1.0)
+                grads = torch._foreach_mul(grads, factors)
+            for state in states:
                 state["step"] += 1
-                step = state["step"]
-                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                rms = (state["exp_avg_sq"] / (1 - beta2 ** step)).sqrt_().add_(group["eps"])
-                state["exp_avg"].mul_(beta1).add_(grad / rms, alpha=1 - beta1)
-                ramp = min(1.0, (step - 1) / group["warmup"]) if group["warmup"] else 1.0
-                param.add_(state["exp_avg"], alpha=-group["lr"] * ramp / (1 - beta1 ** step))
+            steps = [state["step"] for state in states]
+            exp_avg_sq = [state["exp_avg_sq"] for state in states]
+            exp_avg = [state["exp_avg"] for state in states]
+            torch._foreach_mul_(exp_avg_sq, beta2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+            rms = torch._foreach_div(exp_avg_sq, [1 - beta2 ** step for step in steps])
+            torch._foreach_sqrt_(rms)
+            torch._foreach_add_(rms, group["eps"])
+            torch._foreach_mul_(exp_avg, beta1)
+            torch._foreach_add_(exp_avg, torch._foreach_div(grads, rms), alpha=1 - beta1)
+            rates = [-group["lr"] * (min(1.0, (step - 1) / group["warmup"]) if group["warmup"] else 1.0)
+                     / (1 - beta1 ** step) for step in steps]
+            torch._foreach_add_(params, torch._foreach_mul(exp_avg, rates))

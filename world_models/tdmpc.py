@@ -236,9 +236,10 @@ class TDMPCWorldModel(nn.Module):
         encoder = list(self.encoder.parameters())
         rest = [p for name, p in self.named_parameters()
                 if not name.startswith(("encoder.", "policy.", "target_q.")) and p.requires_grad]
+        # fused: one kernel for all tensors (on the CPU torch's default is a Python loop over them)
         return {"model": torch.optim.Adam([{"params": encoder, "lr": self.cfg.lr * self.cfg.enc_lr_scale},
-                                           {"params": rest}], lr=self.cfg.lr),
-                "policy": torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr, eps=1e-5)}
+                                           {"params": rest}], lr=self.cfg.lr, fused=True),
+                "policy": torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr, eps=1e-5, fused=True)}
 
     def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Consistency, reward, value (and termination) losses over the horizon; also the H+1
@@ -279,7 +280,7 @@ class TDMPCWorldModel(nn.Module):
         optimizers["model"].zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizers["model"].param_groups for p in g["params"]], self.cfg.grad_clip_norm)
+            [p for g in optimizers["model"].param_groups for p in g["params"]], self.cfg.grad_clip_norm, foreach=True)
         optimizers["model"].step()
         policy_loss = self.policy_step(latents.detach(), optimizers["policy"])
         self.update_target()
@@ -297,7 +298,7 @@ class TDMPCWorldModel(nn.Module):
         loss = (-(self.cfg.entropy_coef * scaled_entropy + q / self.q_scale).mean(0) * weights).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip_norm)
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip_norm, foreach=True)
         optimizer.step()
         self.q.requires_grad_(True)
         return float(loss.detach())
