@@ -120,12 +120,15 @@ def load_config_with_settings(config_class, config_refs: tuple[str, ...], option
 @click.option("--checkpoint-every", type=int, help="Updates between checkpoints.")
 @click.option("--device", help="cpu, cuda or cuda:N.")
 @click.option("--threads", type=int, help="torch threads.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the update (tdmpc: and planning); pays on long runs (benchmarks/learner.py).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, **options) -> None:
+def train(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, compile_: bool | None,
+          **options) -> None:
     """Train a world model offline on cached embeddings; resumes from its last checkpoint."""
     from stages import train as train_stage
 
-    cfg = load_config_with_settings(TrainConfig, config_refs, options, settings)
+    cfg = load_config_with_settings(TrainConfig, config_refs, options | {"compile": compile_}, settings)
     click.echo(train_stage.run(cfg, show_progress=not quiet))
 
 
@@ -170,12 +173,15 @@ def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **opti
 @click.option("--weights", type=click.Path(path_type=Path), help="The encoder's weights file.")
 @click.option("--device", help="cpu, cuda or cuda:N.")
 @click.option("--threads", type=int, help="torch threads.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the update (tdmpc: and planning); pays on long runs (benchmarks/learner.py).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def finetune(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, **options) -> None:
+def finetune(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, compile_: bool | None,
+             **options) -> None:
     """Learn online with the frozen PVR in the loop, from an offline run or from nothing; resumable."""
     from stages import finetune as finetune_stage
 
-    cfg = load_config_with_settings(FinetuneConfig, config_refs, options, settings)
+    cfg = load_config_with_settings(FinetuneConfig, config_refs, options | {"compile": compile_}, settings)
     click.echo(finetune_stage.run(cfg, show_progress=not quiet))
 
 

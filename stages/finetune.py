@@ -47,7 +47,7 @@ from pipeline.storage.live_metrics import open_live
 from pipeline.storage.runs import (AGENT_CHECKPOINT, CHECKPOINT, EVALUATION_DIR, FINETUNE_DIR, FINETUNE_FILE,
                                    LIVE_DIR, RUN_FILE, read_yaml)
 from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
-from world_models.registry import make_agent, make_world_model, with_settings, world_model_config
+from world_models.registry import compile_mode, make_agent, make_world_model, with_settings, world_model_config
 from world_models.replay import Replay, concat_batches, split_episodes
 
 ONLINE_STORE = "online.zarr"
@@ -107,6 +107,8 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
                                    spec["action_dim"], spec.get("discrete_actions", False))
     wm_cfg = world_model.cfg
     agent = make_agent(world_model).to(cfg.device).train()
+    if cfg.compile:
+        agent.compile(compile_mode(cfg.device))
     optimizers = agent.make_optimizers()
     if start["checkpoint"] is not None:   # weights only: the optimisers start afresh, with the settings given
         world_model.load_state_dict(start["checkpoint"]["model"])

@@ -29,7 +29,7 @@ from pipeline.storage.embedding_store import arrays_sha256, read_store
 from pipeline.storage.live_metrics import open_live
 from pipeline.storage.runs import CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE
 from pipeline.task_settings import task_settings
-from world_models.registry import make_world_model, world_model_config
+from world_models.registry import compile_mode, make_world_model, world_model_config
 from world_models.replay import Replay, split_episodes
 
 
@@ -66,6 +66,8 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
     model = make_world_model(cfg.world_model, wm_config, feature, spec["feature_shape"], spec["action_dim"],
                              spec["discrete_actions"])
     model = model.to(cfg.device).train()
+    if cfg.compile:
+        model.compile(compile_mode(cfg.device))
     optimizers = model.make_optimizers()
     checkpoint_path = out / CHECKPOINT
     start = restore_training(load_checkpoint(checkpoint_path), model, optimizers, rng) if checkpoint_path.exists() else 0

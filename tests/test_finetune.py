@@ -108,20 +108,22 @@ def test_finetune_writes_a_learning_curve_an_online_store_and_an_agent_that_acts
     assert name.startswith(f"agent:{out}") and agent.action_dim == 2
 
 
-def test_finetune_resumes_after_sigkill_as_if_never_interrupted(toy_run, tmp_path):
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(2400)])])
+def test_finetune_resumes_after_sigkill_as_if_never_interrupted(toy_run, tmp_path, compiled):
     _, run_dir = toy_run
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    process = subprocess.Popen([PVR_PIPE, *map(str, finetune_args(run_dir, killed, steps=100))],
+    flags = ["--compile"] if compiled else []
+    process = subprocess.Popen([PVR_PIPE, *map(str, finetune_args(run_dir, killed, steps=100)), *flags],
                                stderr=subprocess.PIPE)
-    deadline = time.time() + 180
+    deadline = time.time() + (900 if compiled else 180)
     while not (killed / "agent.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     interrupted_at = load_checkpoint(killed / "agent.pt")["progress"]["env_steps"]
     assert 0 < interrupted_at < 100
-    assert pvr_pipe(*finetune_args(run_dir, killed, steps=100)).returncode == 0
-    assert pvr_pipe(*finetune_args(run_dir, straight, steps=100)).returncode == 0
+    assert pvr_pipe(*finetune_args(run_dir, killed, steps=100), *flags, timeout=900).returncode == 0
+    assert pvr_pipe(*finetune_args(run_dir, straight, steps=100), *flags, timeout=900).returncode == 0
     resumed, uninterrupted = load_checkpoint(killed / "agent.pt"), load_checkpoint(straight / "agent.pt")
     assert resumed["progress"]["env_steps"] == uninterrupted["progress"]["env_steps"] == 100
     for key, value in uninterrupted["agent"].items():

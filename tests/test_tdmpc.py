@@ -13,7 +13,7 @@ from pipeline.storage.checkpoint import load_checkpoint, restore_model
 from pipeline.storage.embedding_store import read_store
 from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
 from stages import encode, train
-from world_models.registry import make_world_model, world_model_config
+from world_models.registry import make_agent, make_world_model, world_model_config
 from world_models.replay import Replay
 from world_models.tdmpc import random_shift
 from world_models.tdmpc_agent import estimate_value
@@ -69,6 +69,36 @@ def test_simnorm_sees_layer_normalised_logits_so_large_weights_cannot_saturate_i
     for z_before, z_after in zip(before, after):
         torch.testing.assert_close(z_after, z_before, atol=0.02, rtol=0)   # LayerNorm eps aside
         assert z_after.reshape(32, -1, 8).max(-1).values.mean() < 0.9    # groups stay soft
+
+
+@pytest.mark.slow
+def test_compiled_update_and_planning_compute_what_the_eager_ones_do(monkeypatch):
+    """`--compile`: the same losses, weights and plans as eager, given the same random numbers
+    (inductor draws its own unless told to fall back to torch's)."""
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    agents = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        agent = make_agent(tdmpc(feature="embedding", shape=(5,), action_dim=1))
+        if compiled:
+            agent.compile()
+        agents.append((agent, agent.make_optimizers()))
+    data = torch.Generator().manual_seed(1)
+    batch = {"obs": torch.randn(64, 4, 3, 5, generator=data), "action": torch.rand(64, 4, 1, generator=data) * 2 - 1,
+             "reward": torch.rand(64, 4, generator=data), "is_terminal": torch.zeros(64, 4, dtype=torch.bool)}
+    seen = []
+    for agent, optimizers in agents:
+        torch.manual_seed(2)
+        metrics = [agent.train_step(batch, optimizers) for _ in range(3)]
+        state = agent.initial_state(2)
+        actions, _ = agent.act(batch["obs"][:2, 0, 0], state, torch.ones(2, dtype=torch.bool), explore=True)
+        seen.append((metrics, actions, agent.state_dict()))
+    (eager_metrics, eager_actions, eager_state), (metrics, actions, state) = seen
+    for eager_row, row in zip(eager_metrics, metrics):
+        assert row == pytest.approx(eager_row, rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(actions, eager_actions, atol=1e-4, rtol=0)
+    for name, value in eager_state.items():
+        torch.testing.assert_close(state[name], value, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_the_target_q_ensemble_has_no_dropout_in_training_mode():

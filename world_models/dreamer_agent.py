@@ -133,6 +133,9 @@ class DreamerAgent(nn.Module):
         return action, {"deter": deter, "stoch": stoch, "action": action}
 
     # -- learning --------------------------------------------------------------------------------
+    def compile(self, mode: str = "default") -> None:
+        self.world_model.compile(mode)
+
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         params = itertools.chain(self.world_model.parameters(), self.actor.parameters(), self.critic.parameters())
         return {"agent": LaProp(params, lr=self.cfg.lr, agc=self.cfg.agc, warmup=self.cfg.warmup)}

@@ -75,6 +75,11 @@ def make_world_model(name: str, config, feature: str, feature_shape: tuple[int, 
     return model_class(feature, tuple(feature_shape), action_dim, config, discrete_actions)
 
 
+def compile_mode(device: str) -> str:
+    """torch.compile's mode for a device: CUDA graphs on a GPU (as TD-MPC2), inductor's default on the CPU."""
+    return "reduce-overhead" if device.startswith("cuda") else "default"
+
+
 def make_agent(world_model: nn.Module) -> nn.Module:
     """The acting and learning agent around a world model: DreamerV3's actor-critic or TD-MPC2's planner."""
     if isinstance(world_model, dreamer.DreamerWorldModel):

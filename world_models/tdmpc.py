@@ -174,6 +174,13 @@ class TDMPCWorldModel(nn.Module):
         self.register_buffer("bins", tdmpc_bins())
         self.register_buffer("q_scale", torch.ones(()))   # running 5-95 percentile range of Q
         self.discount = cfg.discount
+        self._losses, self._policy_objective = self.losses, self.policy_objective
+
+    def compile(self, mode: str = "default") -> None:
+        """Compute the update's losses through torch.compile (TD-MPC2 compiles its update too); the
+        optimiser steps stay eager (fused Adam)."""
+        self._losses = torch.compile(self.losses, mode=mode, fullgraph=True)
+        self._policy_objective = torch.compile(self.policy_objective, mode=mode, fullgraph=True)
 
     def train(self, mode: bool = True) -> "TDMPCWorldModel":
         super().train(mode)
@@ -276,7 +283,7 @@ class TDMPCWorldModel(nn.Module):
         return total, parts, latents
 
     def train_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        total, parts, latents = self.losses(batch)
+        total, parts, latents = self._losses(batch)
         optimizers["model"].zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -287,15 +294,20 @@ class TDMPCWorldModel(nn.Module):
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()},
                 "policy": policy_loss, "grad_norm": float(grad_norm)}
 
-    def policy_step(self, latents: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
-        self.q.requires_grad_(False)
+    def policy_objective(self, latents: torch.Tensor) -> torch.Tensor:
+        """The policy prior's loss on the rollout's latents: Q scaled by its running 5-95 percentile
+        range, plus the scaled entropy, weighted by rho^t (updates the range in place)."""
         action, scaled_entropy = self.act(latents)
         q = self.q_value(latents, action, reduce="mean")
         with torch.no_grad():
-            spread = torch.quantile(q[:, 0], 0.95) - torch.quantile(q[:, 0], 0.05)
+            spread = torch.quantile(q[:, 0], torch.tensor([0.05, 0.95], device=q.device)).diff()[0]
             self.q_scale.lerp_(spread.clamp(min=1.0), self.cfg.tau)
         weights = self.cfg.rho ** torch.arange(latents.shape[1], dtype=torch.float32, device=latents.device)
-        loss = (-(self.cfg.entropy_coef * scaled_entropy + q / self.q_scale).mean(0) * weights).mean()
+        return (-(self.cfg.entropy_coef * scaled_entropy + q / self.q_scale).mean(0) * weights).mean()
+
+    def policy_step(self, latents: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+        self.q.requires_grad_(False)
+        loss = self._policy_objective(latents)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip_norm, foreach=True)
@@ -305,8 +317,7 @@ class TDMPCWorldModel(nn.Module):
 
     @torch.no_grad()
     def update_target(self) -> None:
-        for target, online in zip(self.target_q.parameters(), self.q.parameters()):
-            target.lerp_(online, self.cfg.tau)
+        torch._foreach_lerp_(list(self.target_q.parameters()), list(self.q.parameters()), self.cfg.tau)
 
     # -- model-quality metrics -------------------------------------------------------------------
     @torch.no_grad()

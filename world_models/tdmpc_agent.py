@@ -74,6 +74,12 @@ class TDMPCAgent(nn.Module):
         super().__init__()
         self.world_model, self.cfg = world_model, world_model.cfg
         self.action_dim = world_model.action_dim
+        self._plan = plan
+
+    def compile(self, mode: str = "default") -> None:
+        """Plan and update through torch.compile (inductor; CUDA graphs with mode="reduce-overhead")."""
+        self._plan = torch.compile(plan, mode=mode, fullgraph=True)
+        self.world_model.compile(mode)
 
     def initial_state(self, batch: int) -> dict[str, torch.Tensor | None]:
         device = self.world_model.bins.device
@@ -91,7 +97,7 @@ class TDMPCAgent(nn.Module):
             shifted = torch.cat([stack[:, 1:], obs.unsqueeze(1)], 1)
             stack = torch.where(is_first.view(-1, *[1] * (stack.dim() - 1)), fresh, shifted)
         previous_mean = state["mean"] * (~is_first).float().view(-1, 1, 1)
-        action, mean = plan(self.world_model, self.world_model.encode(stack), previous_mean, explore)
+        action, mean = self._plan(self.world_model, self.world_model.encode(stack), previous_mean, explore)
         if self.world_model.discrete_actions:
             action = self.world_model.model_action(action)
         return action, {"stack": stack, "mean": mean}

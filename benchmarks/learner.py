@@ -1,0 +1,162 @@
+"""Where the learner's time goes: one update and one planning (acting) call per world model x
+preset x input, eager and compiled, against a bare matmul measured in the same run.
+
+For each combination: the median wall time of `train_step` on a batch of the preset's shape and
+of `act` for one env (tdmpc: MPPI planning; dreamer: a filtering step and the actor), their
+FLOPs (`torch.utils.flop_counter`: matmuls and convolutions, backward included), the achieved
+FLOP/s and its ratio to a bare fp32 1024x1024 matmul on the same threads (`matmul_ratio`).
+`compiled` runs the same calls after `agent.compile()` (tdmpc; dreamer refuses, see
+world_models/dreamer.py), with the first call's time, compilation included, as `compile_s`.
+Inputs: `state` (cartpole's 5-d state), `embedding` (a 384-d PVR embedding; tdmpc stacks 3),
+`pixels` (64x64 RGB). Random weights and batches: speed does not depend on their values.
+Prints one JSON document; `--out` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from world_models.errors import WorldModelError
+from world_models.registry import compile_mode, make_agent, make_world_model, world_model_config
+
+INPUTS = {"state": ("state", (5,)), "embedding": ("embedding", (384,)), "pixels": ("pixels", (3, 64, 64))}
+ACTION_DIM = 1
+
+
+def bare_matmul_flops(device: str, seconds: float = 1.0) -> float:
+    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    synchronize(device)
+    return 2 * 1024 ** 3 * count / (time.perf_counter() - start)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def random_batch(cfg, feature: str, shape: tuple[int, ...], device: str) -> dict[str, torch.Tensor]:
+    """A replay batch of the preset's shape (obs stacked for tdmpc, sequences for dreamer)."""
+    size, length, stack = cfg.batch_size, cfg.sequence_length, cfg.frame_stack
+    obs_shape = (size, length, stack, *shape) if stack > 1 else (size, length, *shape)
+    obs = (torch.randint(0, 256, obs_shape, dtype=torch.uint8) if feature == "pixels" else torch.randn(obs_shape))
+    action = torch.rand(size, length, ACTION_DIM) * 2 - 1
+    is_first = torch.zeros(size, length, dtype=torch.bool)
+    is_first[:, 0] = True
+    batch = {"obs": obs, "action": action, "reward": torch.rand(size, length), "is_first": is_first,
+             "is_terminal": torch.zeros(size, length, dtype=torch.bool),
+             "prev_action": torch.cat([torch.zeros(size, 1, ACTION_DIM), action[:, :-1]], 1)}
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def timed(call, device: str, repeats: int) -> float:
+    """Median seconds of `call` over `repeats`, after two warm-up calls."""
+    for _ in range(2):
+        call()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def flops_of(call) -> int:
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops()
+
+
+def measure(name: str, preset: str, input_name: str, compiled: bool, device: str, repeats: int,
+            matmul: float) -> dict:
+    feature, shape = INPUTS[input_name]
+    cfg = world_model_config(name, preset, {"warmup": 0} if name == "dreamer" else {})
+    torch.manual_seed(0)
+    agent = make_agent(make_world_model(name, cfg, feature, shape, ACTION_DIM)).to(device).train()
+    optimizers = agent.make_optimizers()
+    batch = random_batch(cfg, feature, shape, device)
+    obs = batch["obs"][:1, 0, 0] if cfg.frame_stack > 1 else batch["obs"][:1, 0]
+    state, first = agent.initial_state(1), torch.ones(1, dtype=torch.bool, device=device)
+
+    def update():
+        agent.train_step(batch, optimizers)
+
+    def act():
+        agent.act(obs, state, first, True)
+
+    result = {"world_model": name, "preset": preset, "input": input_name, "compiled": compiled}
+    if compiled:
+        try:
+            agent.compile(compile_mode(device))
+        except WorldModelError as error:
+            return result | {"skipped": str(error)}
+        start = time.perf_counter()
+        update()
+        act()
+        synchronize(device)
+        result["compile_s"] = time.perf_counter() - start
+    update_flops, act_flops = flops_of(update), flops_of(act)
+    update_s, act_s = timed(update, device, repeats), timed(act, device, repeats)
+    for key, flops, seconds in (("update", update_flops, update_s), ("plan", act_flops, act_s)):
+        result |= {f"{key}_ms": seconds * 1e3, f"{key}_gflop": flops / 1e9,
+                   f"{key}_gflop_per_s": flops / seconds / 1e9, f"{key}_matmul_ratio": flops / seconds / matmul}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world-models", nargs="+", default=["dreamer", "tdmpc"])
+    parser.add_argument("--presets", nargs="+", default=["xs", "s", "m"])
+    parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    matmul = bare_matmul_flops(args.device)
+    rows = []
+    for name in args.world_models:
+        for preset in args.presets:
+            for input_name in args.inputs:
+                for mode in args.modes:
+                    row = measure(name, preset, input_name, mode == "compiled", args.device, args.repeats, matmul)
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)   # progress
+    speedups = {}
+    for row in rows:
+        if row["compiled"] and "skipped" not in row:
+            eager = next(r for r in rows if not r["compiled"] and
+                         (r["world_model"], r["preset"], r["input"]) == (row["world_model"], row["preset"], row["input"]))
+            key = f"{row['world_model']}_{row['preset']}_{row['input']}"
+            speedups[key] = {"update": eager["update_ms"] / row["update_ms"], "plan": eager["plan_ms"] / row["plan_ms"]}
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "torch": torch.__version__, "threads": args.threads, "device": args.device},
+              "bare_matmul_gflop_per_s": matmul / 1e9, "compiled_speedup": speedups, "results": rows,
+              "not_measured": "several seeds in one process (issue 14, point 2) is not built yet"}
+    text = json.dumps(report, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
