@@ -45,6 +45,7 @@ class EpisodeSpan:
     key: str
     start: int   # index of the episode's first frame in the dataset
     frames: int
+    shard_sha256: str   # the manifest's, checked as the shard streams in
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def episode_spans(manifest: TrajectoryManifest) -> list[EpisodeSpan]:
     spans, start = [], 0
     for shard in manifest.shards:
         for key, steps in zip(shard.episode_keys, shard.episode_steps):
-            spans.append(EpisodeSpan(shard.name, key, start, steps + 1))
+            spans.append(EpisodeSpan(shard.name, key, start, steps + 1, shard.sha256))
             start += steps + 1
     return spans
 
@@ -78,11 +79,13 @@ def plan_units(total_frames: int, chunk_frames: int) -> list[Unit]:
 def read_unit(dataset: str, spans: list[EpisodeSpan], unit: Unit,
               steps: dict[str, list[np.ndarray]], reads: str = "frames") -> Iterator[np.ndarray]:
     """Decoded frames [unit.start, unit.stop) in order (for `reads="state"`, the states); appends
-    the step arrays' slices to `steps`."""
+    the step arrays' slices to `steps`. Every shard the unit touches is read to its end and
+    checked against the manifest's sha256 before the unit's last frame is given (so before
+    anything of the unit is written)."""
     wanted = [s for s in spans if s.start < unit.stop and s.start + s.frames > unit.start]
-    for shard in dict.fromkeys(s.shard for s in wanted):
+    for shard, sha256 in dict.fromkeys((s.shard, s.shard_sha256) for s in wanted):
         in_shard = {s.key: s for s in wanted if s.shard == shard}
-        for key, sample in iter_raw_samples(f"{dataset}/{shard}"):
+        for key, sample in iter_raw_samples(f"{dataset}/{shard}", sha256):
             span = in_shard.pop(key, None)
             if span is None:
                 continue
@@ -97,9 +100,12 @@ def read_unit(dataset: str, spans: list[EpisodeSpan], unit: Unit,
                 yield from steps["state"][-1]
             else:
                 for field in frame_fields[lo:hi]:
-                    yield decode_frame(sample[field])
-            if not in_shard:
-                break
+                    try:
+                        frame = decode_frame(sample[field])
+                    except (OSError, SyntaxError, ValueError) as error:   # what PIL raises on broken images
+                        raise UserError(f"shard '{dataset}/{shard}' is corrupt ({key}.{field} cannot be decoded: "
+                                        f"{error}); re-collect the dataset or pull it again") from None
+                    yield frame
         if in_shard:
             raise UserError(f"shard '{dataset}/{shard}' lacks episodes {sorted(in_shard)} listed in its "
                             "manifest; re-collect the dataset or pull it again")

@@ -176,6 +176,26 @@ def test_bad_inputs(dataset, tmp_path, monkeypatch):
                       "'batch_size'")
 
 
+@pytest.mark.parametrize("member", ["action.npy", "frame.000003.png"])
+def test_a_flipped_bit_in_a_shard_is_refused_before_anything_is_encoded(dataset, tmp_path, member):
+    """encode checks each shard against the manifest's sha256 as it streams; a broken frame is
+    named (it fails to decode before the shard's end is reached)."""
+    import shutil
+    import tarfile
+
+    bad = tmp_path / "bad"
+    shutil.copytree(dataset, bad)
+    shard = sorted(bad.glob("*.tar"))[1]
+    with tarfile.open(shard) as tar:
+        target = next(m for m in tar.getmembers() if m.name.endswith(member))
+    data = bytearray(shard.read_bytes())
+    data[target.offset_data + target.size // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    result = pvr_pipe("encode", "--model", "pixels", "--dataset", bad, "--out", tmp_path / "s.zarr")
+    assert_user_error(result, shard.name, "corrupt", "re-collect")
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_fsspec_urls_for_dataset_and_store(dataset, tmp_path):
     import zarr
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -70,20 +71,48 @@ def summarize(manifest: TrajectoryManifest) -> dict[str, Any]:
     }
 
 
-def iter_raw_samples(shard_url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, field -> bytes) per sample of one shard, streamed from a path or fsspec URL."""
+class HashingReader:
+    """A file object that feeds every byte read through it to a sha256."""
+
+    def __init__(self, raw):
+        self.raw, self.digest = raw, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> str:
+        """Read what is left (tar padding, skipped members); the hex digest of the whole file."""
+        while self.read(1 << 20):
+            pass
+        return self.digest.hexdigest()
+
+
+def iter_raw_samples(shard_url: str, sha256: str | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, field -> bytes) per sample of one shard, streamed from a path or fsspec URL.
+
+    With `sha256` (the manifest's), the bytes are hashed as they stream and the shard's last
+    sample is given only once the whole shard matched: read it to the end before using anything
+    read from it.
+    """
     key, sample = None, {}
     try:
-        with fsspec.open(shard_url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_key, field = member.name.split(".", 1)
-                if member_key != key and sample:
-                    yield key, sample
-                    sample = {}
-                key = member_key
-                sample[field] = tar.extractfile(member).read()
+        with fsspec.open(shard_url, "rb") as raw:
+            f = HashingReader(raw) if sha256 else raw
+            with tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    member_key, field = member.name.split(".", 1)
+                    if member_key != key and sample:
+                        yield key, sample
+                        sample = {}
+                    key = member_key
+                    sample[field] = tar.extractfile(member).read()
+            if sha256 and f.drain() != sha256:
+                raise UserError(f"shard '{shard_url}' is corrupt (its sha256 differs from manifest.json); "
+                                "re-collect the dataset or pull it again")
     except (tarfile.TarError, OSError, ValueError) as error:
         raise UserError(f"shard '{shard_url}' is corrupt or unreadable ({type(error).__name__}: {error}); "
                         "re-collect the dataset or pull it again") from None
