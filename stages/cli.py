@@ -285,18 +285,20 @@ def envs(grid: Path | None, env_ids: tuple[str, ...], frame_size: int, seeds: tu
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--verify", is_flag=True, help="Also check every shard's sha256.")
+@click.option("--verify", is_flag=True, help="Also check every shard's (or store array's) sha256.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(path: Path, verify: bool, as_json: bool) -> None:
     """Summarise a trajectory dataset or an embedding store: contents and provenance."""
-    from pipeline.storage.embedding_store import describe_store
+    from pipeline.storage.embedding_store import describe_store, verify_store
     from pipeline.storage.manifest import read_manifest
     from pipeline.storage.trajectory_reader import summarize, verify_dataset
 
     if not path.exists():
         raise UserError(f"'{path}' does not exist")
     if (path / "zarr.json").is_file():
-        summary = describe_store(str(path))
+        if verify:
+            verify_store(str(path))
+        summary = describe_store(str(path)) | ({"verified": "all array hashes match"} if verify else {})
     else:
         manifest = read_manifest(path)
         if verify:

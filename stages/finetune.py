@@ -290,7 +290,8 @@ def _open_online_store(path: Path, attrs: dict, spec: dict, state_dim: int, prog
         return group
     feature = spec["feature"]
     layout = embedding_store.step_array_layout(spec["action_dim"], state_dim)
-    online_attrs = {key: value for key, value in attrs.items() if key not in ("format", "format_version", "feature")}
+    online_attrs = {key: value for key, value in attrs.items()
+                    if key not in ("format", "format_version", "feature", "array_sha256")}   # it grows: no hashes
     online_attrs |= {"source_dataset": f"online:{path.parent}", "online": identity}
     return embedding_store.create_store(
         str(path), frames=0, feature=feature, feature_shape=tuple(spec["feature_shape"]),

@@ -196,6 +196,20 @@ def test_a_flipped_bit_in_a_shard_is_refused_before_anything_is_encoded(dataset,
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_a_changed_or_missing_chunk_is_an_error_never_zeros(dataset, tmp_path):
+    store = run_encode(dataset, tmp_path / "s.zarr", model="state")
+    verified = pvr_pipe("info", store, "--verify", "--json")
+    assert verified.returncode == 0 and "all array hashes match" in verified.stdout
+    chunks = sorted((tmp_path / "s.zarr" / "embedding" / "c").rglob("*"))
+    middle = [c for c in chunks if c.is_file()][1]
+    middle.unlink()                                   # Zarr alone would read these rows as zeros
+    for result in (pvr_pipe("info", store, "--verify"),
+                   pvr_pipe("train", "--store", store, "--world-model", "tdmpc", "--preset", "xs",
+                            "--updates", "1", "--out", tmp_path / "run")):
+        assert_user_error(result, "damaged", "'embedding'", "re-encode")
+    assert not (tmp_path / "run").exists()
+
+
 def test_fsspec_urls_for_dataset_and_store(dataset, tmp_path):
     import zarr
 

@@ -8,6 +8,9 @@ Attributes record the encoder, its weights, preprocessing, precision and the sou
 
 A store is built under `<out>.partial` with one marker per finished unit in `.progress/`, and
 renamed to `<out>` when every unit is done, so a crash never leaves a store that looks finished.
+Finishing records each array's content sha256 in the attrs (`array_sha256`); every read of a
+finished store checks them, so a changed or missing chunk (which Zarr reads as zeros) is an
+error, never data.
 Online fine-tuning keeps a store that grows by whole episodes (`append_episode`); its checkpoint
 records how far the store is valid, and a resumed run cuts it back there (`truncate_store`).
 """
@@ -88,7 +91,11 @@ def units_done(url: str) -> set[int]:
 
 
 def finish_store(url: str) -> None:
-    """Drop the progress markers and rename `<url>.partial` to `<url>`."""
+    """Record every array's content hash, drop the progress markers and rename `<url>.partial`
+    to `<url>`."""
+    group = open_store(partial_url(url), mode="r+")
+    names = [group.attrs["feature"], *STEP_ARRAYS, "episode_start"]
+    group.attrs["array_sha256"] = {name: array_sha256(group[name][:]) for name in names}
     fs, path = filesystem(partial_url(url))
     fs.rm(f"{path}/{PROGRESS_DIR}", recursive=True)
     _, final = filesystem(url)
@@ -118,7 +125,8 @@ def describe_store(url: str) -> dict[str, Any]:
 
 
 def read_store(url: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
-    """Every per-frame array of a finished store in memory, its episode starts and attributes."""
+    """Every per-frame array of a store in memory, its episode starts and attributes; a finished
+    store's arrays are checked against the hashes it recorded (a growing online store has none)."""
     group = open_store(url)
     attrs = dict(group.attrs)
     feature = attrs["feature"]
@@ -126,7 +134,33 @@ def read_store(url: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, A
     missing = [name for name in names if name not in group]
     if missing:
         raise UserError(f"embedding store '{url}' lacks arrays {missing}; re-encode it with `pvr-pipe encode`")
-    return {name: group[name][:] for name in names}, group["episode_start"][:], attrs
+    arrays = {name: group[name][:] for name in [*names, "episode_start"]}
+    for name, expected in attrs.get("array_sha256", {}).items():
+        if name in arrays and array_sha256(arrays[name]) != expected:
+            raise UserError(f"embedding store '{url}' is damaged: array '{name}' differs from the hash recorded "
+                            "when it was made (a chunk changed or is missing); re-encode it with `pvr-pipe encode`")
+    episode_start = arrays.pop("episode_start")
+    return arrays, episode_start, attrs
+
+
+def verify_store(url: str) -> None:
+    """Check every array of a store against its recorded hashes (`pvr-pipe info --verify`)."""
+    group = open_store(url)
+    recorded = group.attrs.get("array_sha256")
+    if recorded is None:
+        raise UserError(f"embedding store '{url}' records no array hashes (made before pvr-pipe recorded them, "
+                        "or still growing); re-encode it to make it verifiable")
+    absent = sorted(name for name in recorded if name not in group)
+    if absent:
+        raise UserError(f"embedding store '{url}' is damaged: arrays {absent} are missing; re-encode it")
+    read_store(url)
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """Content hash of one array: its dtype, shape and bytes (independent of chunking and compression)."""
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
