@@ -242,6 +242,8 @@ def _starting_point(cfg: FinetuneConfig) -> dict[str, Any]:
         run_info = read_yaml(run_file)
         checkpoint = load_checkpoint(cfg.run / CHECKPOINT)
         store = run_info["store"]
+        _refuse_contradictions(cfg, {"world_model": run_info["identity"]["world_model"],
+                                     "preset": run_info["identity"]["preset"]})
         arrays, episode_start, attrs = embedding_store.read_store(store)
         store_sha = embedding_store.arrays_sha256(arrays)
         if store_sha != run_info["identity"]["store_sha256"]:
@@ -266,6 +268,15 @@ def _starting_point(cfg: FinetuneConfig) -> dict[str, Any]:
     return {"arrays": arrays, "episode_start": episode_start, "attrs": attrs, "store": store,
             "store_sha256": embedding_store.arrays_sha256(arrays), "spec": spec, "preset": cfg.preset,
             "checkpoint": None, "train_episodes": train_episodes, "source": {"scratch": True, "preset": cfg.preset}}
+
+
+def _refuse_contradictions(cfg: FinetuneConfig, run: dict[str, str]) -> None:
+    """Options given with --run that name another world model or preset than the run's."""
+    for key, value in run.items():
+        given = getattr(cfg, key)
+        if key in cfg.model_fields_set and given != value:
+            raise UserError(f"--{key.replace('_', '-')} {given} contradicts the run '{cfg.run}' ({key} {value}); "
+                            f"leave it out to continue the run, or start from --store without --run")
 
 
 def _check_out_dir(out: Path, identity: dict) -> None:

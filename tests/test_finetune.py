@@ -169,6 +169,10 @@ def test_bad_inputs_give_one_line(toy_run, tmp_path):
     linear = write_linear_system_store(tmp_path / "linear.zarr", episodes=2)
     assert_user_error(pvr_pipe("finetune", "--store", linear, "--out", tmp_path / "f"), "re-encode")
     assert_user_error(pvr_pipe("finetune", "--run", run_dir, "--num-envs", "0"), "num_envs")
+    assert_user_error(pvr_pipe("finetune", "--run", run_dir, "--world-model", "dreamer", "--out", tmp_path / "f"),
+                      "--world-model dreamer contradicts", "tdmpc")
+    assert_user_error(pvr_pipe("finetune", "--run", run_dir, "--preset", "s", "--out", tmp_path / "f"),
+                      "--preset s contradicts", "xs")
     assert_user_error(pvr_pipe("evaluate", "--run", tmp_path), "holds no agent")
     assert_user_error(pvr_pipe("evaluate", "--run", run_dir, "--variant", "sepia"), "unknown look", "floor_color")
     assert_user_error(pvr_pipe("collect", "--env", "dmc/cartpole-swingup", "--policy", f"agent:{run_dir}",

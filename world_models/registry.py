@@ -17,6 +17,9 @@ WORLD_MODELS = {
     "tdmpc": (tdmpc.TDMPCWorldModel, tdmpc.TDMPCConfig, tdmpc.PRESETS),
 }
 CHOICES = {"embed_head": ("linear", "mlp"), "actor_grad": ("auto", "reinforce", "dynamics")}
+# Whole-number settings that may be 0 (layer counts, augmentation, warm-up, policy samples); every
+# other one is a size or count and must be at least 1.
+MAY_BE_ZERO = {"mlp_layers", "head_layers", "num_enc_layers", "warmup", "shift_pad", "num_pi_trajs"}
 
 
 def world_model_config(name: str, preset: str, overrides: dict[str, Any]):
@@ -43,6 +46,8 @@ def _coerce(name: str, key: str, value: Any, type_name: str) -> Any:
         cast = caster(float(value)) if type_name == "int" else caster(value)
     except (TypeError, ValueError):
         raise WorldModelError(f"{name} setting '{key}' must be {type_name}, got {value!r}") from None
+    if type_name == "int" and cast < (0 if key in MAY_BE_ZERO else 1):
+        raise WorldModelError(f"{name} setting '{key}' must be at least {0 if key in MAY_BE_ZERO else 1}, got {value!r}")
     if key in CHOICES and cast not in CHOICES[key]:
         raise WorldModelError(f"{name} setting '{key}' must be {' or '.join(CHOICES[key])}, got {value!r}")
     return cast
