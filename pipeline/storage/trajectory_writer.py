@@ -99,7 +99,7 @@ class BackgroundShardWriter:
         self._results, outbox = context.Pipe(duplex=False)
         self._process = context.Process(target=_write_shard_from_inbox, daemon=True, args=(
             path, image_format, jpeg_quality, inbox, outbox, (self._inbox, self._results)))
-        self._process.start()
+        _start_without_losing_ctrl_c(self._process)
         # Each end now lives in one process only, so either side sees the other one die
         # (EOFError, BrokenPipeError) instead of waiting on it.
         inbox.close()
@@ -162,6 +162,23 @@ class BackgroundShardWriter:
 
 
 _STOP_SENDING = object()
+
+
+def _start_without_losing_ctrl_c(process: multiprocessing.Process) -> None:
+    """Fork `process`; a Ctrl-C during the fork is raised after it. Python would raise it in
+    whatever runs then, e.g. logging's after-fork hook, which swallows it: collection went on
+    to the end and exited 0."""
+    if threading.current_thread() is not threading.main_thread():
+        process.start()
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)   # Python's default handler raises KeyboardInterrupt here
 
 
 def _write_shard_from_inbox(path: Path, image_format: str, jpeg_quality: int, inbox: Connection,
