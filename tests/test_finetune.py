@@ -53,6 +53,7 @@ LEARNING = {"dreamer": (800, {"lr": 1e-3, "batch_size": 8, "sequence_length": 16
             "tdmpc": (600, {"lr": 1e-3, "batch_size": 32, "consistency_coef": 2.0, "reward_coef": 1.0})}
 
 
+@pytest.mark.slow   # 4 min each on 2 cores: the default run must stay under 20 min (`make test-slow`)
 @pytest.mark.parametrize("world_model", ["dreamer", "tdmpc"])
 def test_a_short_finetune_beats_the_random_policy_by_a_clear_margin(toy_pixels, tmp_path, world_model):
     updates, settings = LEARNING[world_model]
