@@ -7,6 +7,7 @@ stderr and exit code 2.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -326,7 +327,19 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("pvr-pipe: interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
+    except OSError as error:
+        if error.filename is None:   # not about a path the user chose: a bug, keep its traceback
+            raise
+        _fail("pvr-pipe", _describe_os_error(error))
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _describe_os_error(error: OSError) -> str:
+    """A failed read or write of a path, in words: which path, why, what to do."""
+    if error.errno == errno.ENOSPC:
+        return (f"no space left on the device while writing '{error.filename}'; free some space and rerun "
+                "the same command (it resumes; what was written before is kept)")
+    return f"cannot use '{error.filename}' ({error.strerror}); choose another path or fix its permissions"
 
 
 def _fail(command: str, message: str) -> None:

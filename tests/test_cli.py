@@ -138,3 +138,12 @@ def test_collect_into_an_unwritable_place_is_one_line(tmp_path):
     result = pvr_pipe("collect", "--env", "toy/pointmass-reach", "--episodes", "1", "--out", blocker / "ds")
     assert_user_error(result, "cannot create the output directory", "--out")
     assert blocker.read_text() == "keep me"
+
+
+def test_outputs_under_a_file_are_one_line_in_every_verb(tmp_path, toy_dataset):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    for command in (["encode", "--model", "pixels", "--dataset", toy_dataset, "--out", blocker / "s.zarr"],
+                    ["envs", "--grid", blocker / "grid.png", "--env", "toy/pointmass-reach"]):
+        assert_user_error(pvr_pipe(*command), "cannot use", str(blocker))
+    assert blocker.read_text() == "keep me"
