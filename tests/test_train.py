@@ -134,6 +134,9 @@ def test_bad_inputs_give_one_line(linear_store, toy_dataset, tmp_path):
     del zarr.open_group(str(hollow), mode="r+")["embedding"]
     assert_user_error(pvr_pipe("train", "--store", hollow, "--out", tmp_path / "r"), "lacks arrays", "embedding")
     assert_user_error(pvr_pipe("train", "--store", tmp_path / "missing.zarr"), "not an embedding store")
+    short = write_linear_system_store(tmp_path / "short.zarr", episodes=2)
+    zarr.open_group(str(short), mode="r+")["reward"].resize((150,))
+    assert_user_error(pvr_pipe("train", "--store", short, "--out", tmp_path / "r"), "different lengths", "reward 150")
     assert_user_error(pvr_pipe("train", "--store", linear_store, "--world-model", "planet"), "world_model", "dreamer")
     assert_user_error(pvr_pipe("train", "--store", linear_store, "--preset", "huge"), "preset")
     assert_user_error(pvr_pipe("train", "--store", linear_store, "--seed", "one"), "--seed", "not a valid integer")

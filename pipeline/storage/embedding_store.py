@@ -134,6 +134,10 @@ def read_store(url: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, A
     missing = [name for name in names if name not in group]
     if missing:
         raise UserError(f"embedding store '{url}' lacks arrays {missing}; re-encode it with `pvr-pipe encode`")
+    lengths = {name: group[name].shape[0] for name in names}
+    if len(set(lengths.values())) > 1:
+        raise UserError(f"embedding store '{url}' is inconsistent: its per-frame arrays have different lengths "
+                        f"({', '.join(f'{k} {v}' for k, v in lengths.items())}); re-encode it with `pvr-pipe encode`")
     arrays = {name: group[name][:] for name in [*names, "episode_start"]}
     for name, expected in attrs.get("array_sha256", {}).items():
         if name in arrays and array_sha256(arrays[name]) != expected:
