@@ -28,6 +28,7 @@ from pipeline.provenance import code_version
 from pipeline.rollout import collect_episode
 from pipeline.storage.manifest import ShardRecord, TrajectoryManifest
 from pipeline.storage.trajectory_writer import BackgroundShardWriter, TrajectoryDatasetWriter, episode_key, shard_name
+from pipeline.storage.writer_lock import writer_lock
 
 
 def episode_seeds(seed: int, episodes: int) -> list[tuple[int, int]]:
@@ -85,6 +86,11 @@ def run(cfg: CollectConfig, show_progress: bool = True) -> TrajectoryManifest:
     if cfg.out is None:
         raise UserError("no output directory; pass --out PATH (or `out:` in the config)")
     check_variant(cfg.env, cfg.variant)
+    with writer_lock(cfg.out, "collect"):
+        return _collect(cfg, show_progress)
+
+
+def _collect(cfg: CollectConfig, show_progress: bool) -> TrajectoryManifest:
     dataset = TrajectoryDatasetWriter(cfg.out, cfg.dataset_fingerprint())
     if dataset.manifest is not None:  # already complete: nothing to write
         return dataset.manifest

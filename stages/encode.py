@@ -35,6 +35,7 @@ from pipeline.storage import embedding_store
 from pipeline.storage.episode import STEP_ARRAYS
 from pipeline.storage.manifest import TrajectoryManifest, read_manifest_bytes
 from pipeline.storage.trajectory_reader import decode_frame, iter_raw_samples
+from pipeline.storage.writer_lock import writer_lock
 
 MAX_CHUNK_FRAMES = 8192
 
@@ -182,11 +183,16 @@ def run(cfg: EncodeConfig, show_progress: bool = True) -> str:
     spec = get_spec(cfg.model)
     if cfg.dataset is None:
         raise UserError("no dataset; pass --dataset PATH (a directory made by `pvr-pipe collect`)")
+    manifest_bytes = read_manifest_bytes(cfg.dataset.rstrip("/"))   # a bad dataset fails before any lock
+    out = cfg.out or default_out(cfg)
+    with writer_lock(out, "encode"):
+        return _encode(cfg, spec, manifest_bytes, out, show_progress)
+
+
+def _encode(cfg: EncodeConfig, spec, manifest_bytes: bytes, out: str, show_progress: bool) -> str:
     dataset = cfg.dataset.rstrip("/")
-    manifest_bytes = read_manifest_bytes(dataset)
     manifest = TrajectoryManifest.model_validate_json(manifest_bytes)
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
-    out = cfg.out or default_out(cfg)
     chunk_frames = cfg.chunk_frames or default_chunk_frames(manifest)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -145,5 +145,37 @@ def test_outputs_under_a_file_are_one_line_in_every_verb(tmp_path, toy_dataset):
     blocker.write_text("keep me")
     for command in (["encode", "--model", "pixels", "--dataset", toy_dataset, "--out", blocker / "s.zarr"],
                     ["envs", "--grid", blocker / "grid.png", "--env", "toy/pointmass-reach"]):
-        assert_user_error(pvr_pipe(*command), "cannot use", str(blocker))
+        assert_user_error(pvr_pipe(*command), "cannot", str(blocker))
     assert blocker.read_text() == "keep me"
+
+
+def test_a_second_writer_of_one_output_is_refused_and_the_first_is_not_disturbed(tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    from tests.conftest import PVR_PIPE
+
+    args = ["collect", "--env", "dmc/cartpole-swingup", "--episodes", "6", "--max-steps", "40", "--out", tmp_path / "ds"]
+    first = subprocess.Popen([PVR_PIPE, *map(str, args)], stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "ds.lock"
+    deadline = time.time() + 120
+    while not lock.exists():
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    assert_user_error(pvr_pipe(*args), "is being written by `pvr-pipe collect`", f"pid {first.pid}")
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert not lock.exists()
+    assert pvr_pipe("info", tmp_path / "ds", "--verify").returncode == 0
+
+    # A lock left by a process that died on this host is taken over; one from another host is not.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    small = ["collect", "--env", "toy/pointmass-reach", "--episodes", "1", "--max-steps", "5"]
+    stale = tmp_path / "stale.lock"
+    stale.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "command": "collect", "since": "-"}))
+    assert pvr_pipe(*small, "--out", tmp_path / "stale").returncode == 0 and not stale.exists()
+    foreign = tmp_path / "foreign.lock"
+    foreign.write_text(json.dumps({"host": "elsewhere", "pid": 1, "command": "collect", "since": "-"}))
+    assert_user_error(pvr_pipe(*small, "--out", tmp_path / "foreign"), "on elsewhere", f"delete {foreign}")
+    assert not (tmp_path / "foreign").exists()
