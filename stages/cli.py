@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -316,8 +317,19 @@ def info(path: Path, verify: bool, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the command; bad input is one line on stderr and exit code 2."""
+    interrupts: list[int] = []
+
+    def on_interrupt(signum, frame):
+        # Python raises this wherever the main thread is; where that is a finalizer or an
+        # after-fork hook the exception is swallowed, so the interrupt is also remembered.
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
     try:
         result = cli.main(args=argv, prog_name="pvr-pipe", standalone_mode=False)
+        if interrupts:
+            raise KeyboardInterrupt
     except (UserError, WorldModelError) as error:
         _fail("pvr-pipe", str(error))
     except click.ClickException as error:
