@@ -25,6 +25,8 @@ import torch
 from pipeline.config import CollectConfig, EncodeConfig, FinetuneConfig, TrainConfig
 from pipeline.envs import make_env
 from pipeline.storage.checkpoint import load_checkpoint
+from pipeline.storage.live_metrics import read_summary
+from pipeline.storage.runs import AGENT_CHECKPOINT, TIMING_DIR
 from random_weights import write_random_weights
 from stages import collect, encode, finetune, train
 
@@ -71,8 +73,8 @@ def main() -> None:
                                 show_progress=False)
             out = finetune.run(FinetuneConfig(run=run_dir, env_steps=args.steps, eval_every=10 ** 9, eval_episodes=1,
                                               num_envs=args.num_envs, device=args.device), show_progress=False)
-            progress = load_checkpoint(out / "agent.pt")["progress"]
-            seconds = progress["seconds"]
+            progress = load_checkpoint(out / AGENT_CHECKPOINT)["progress"]
+            seconds = read_summary(out / TIMING_DIR)["seconds"]
             shares = finetune.time_shares(seconds)
             results.append({"encoder": encoder, "world_model": world_model, "preset": args.preset,
                             "agent_steps": progress["env_steps"], "updates": progress["updates"],

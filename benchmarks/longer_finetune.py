@@ -128,8 +128,8 @@ def main() -> None:
         results.append({"encoder": encoder, "world_model": wm, "exit_code": codes[f"finetune-{name}"],
                         "random_return": round(info.get("random_return", float("nan")), 2),
                         "eval_return_by_agent_step": dict(read_curve(live, "eval/return")),
-                        "agent_steps_per_s": last_value(live, "timing/agent_steps_per_s"),
-                        **{f"{part}_share": last_value(live, f"timing/{part}_share")
+                        "agent_steps_per_s": last_value(finetune_dir / "timing", "agent_steps_per_s"),
+                        **{f"{part}_share": last_value(finetune_dir / "timing", f"{part}_share")
                            for part in ("simulator", "encoder", "agent", "learner", "other")}})
     print(json.dumps({"benchmark": "longer_finetune", "env": args.env, "episode_steps": args.episode_steps,
                       "offline_episodes": args.episodes, "offline_updates": args.updates, "minutes": args.minutes,

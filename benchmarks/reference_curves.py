@@ -319,15 +319,16 @@ def run_progress(run_dir: Path) -> int:
 
 
 def checkpoint_progress(run_dir: Path) -> dict[str, Any] | None:
-    """The counters of the run's checkpoint (agent steps, updates, seconds), or None without one."""
-    path = run_dir / "agent.pt"
+    """The counters of the run's checkpoint (agent steps, updates), or None without one."""
+    path = run_dir / "agent.safetensors"
     if not path.is_file():
         return None
-    import torch
+    from pipeline.errors import UserError
+    from pipeline.storage.checkpoint import load_checkpoint
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)["progress"]
-    except Exception:  # being replaced right now, or damaged: the run itself will say
+        return load_checkpoint(path)["progress"]
+    except UserError:  # being replaced right now, or damaged: the run itself will say
         return None
 
 
@@ -483,7 +484,7 @@ def summarise_run(run_dir: Path, seed: int, env_steps: int, action_repeat: int, 
     else:
         status = "finished" if reached >= env_steps else "partial"
     wall = json.loads(wall_file.read_text())["launches"] if wall_file.is_file() else []
-    speed = read_tsv(metrics / "timing" / "agent_steps_per_s.tsv")
+    speed = read_tsv(run_dir / "timing" / "plots" / "metrics" / "agent_steps_per_s.tsv")
     updates = read_tsv(metrics / "train" / "updates.tsv")
     summary = {"seed": seed, "status": status, "agent_steps_reached": reached,
                "simulator_steps_reached": reached * action_repeat,

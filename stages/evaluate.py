@@ -29,6 +29,7 @@ from pipeline.provenance import code_version
 from pipeline.rollout import PlayedEpisode, evaluate_agent, random_returns
 from pipeline.storage.atomic_files import write_json_atomic
 from pipeline.storage.runs import EVALUATION_DIR, load_agent
+from pipeline.storage.writer_lock import writer_lock
 from world_models.replay import Replay
 
 METRICS_FILE = "metrics.json"
@@ -53,31 +54,32 @@ def run(cfg: EvaluateConfig) -> Path:
     max_steps = cfg.max_steps or settings["max_steps"]
     seeds = [int(s) for s in np.random.SeedSequence(cfg.seed, spawn_key=(EVAL_SEED_STREAM,)).generate_state(cfg.episodes)]
     out = cfg.out or cfg.run / EVALUATION_DIR
-    (out / "frames").mkdir(parents=True, exist_ok=True)
+    with writer_lock(out, "evaluate"):
+        (out / "frames").mkdir(parents=True, exist_ok=True)
 
-    world_model = agent.world_model.eval()
-    kind = type(world_model).__name__.removesuffix("WorldModel").lower()
-    random = random_returns(settings, train_variant, seeds, max_steps)
-    metrics = {"about": {"run": str(cfg.run), "agent": name, "encoder": attrs["encoder"], "env": settings["env"],
-                         "train_variant": train_variant, "world_model": kind, "episodes": cfg.episodes,
-                         "max_steps": max_steps, "seed": cfg.seed, "encoder_properties": attrs["properties"],
-                         "prediction_metric": METRIC_NAME[kind], "code_version": code_version()},
-               "random": {"return_mean": float(np.mean(random)), "returns": random}}
-    for variant in variants:
-        with make_pool(settings, variant, cfg.num_envs, step_frames=encoder.reads == "image") as pool:
-            played = evaluate_agent(agent, pool, encoder, seeds, max_steps, cfg.device, cfg.seed)
-        Image.fromarray(played[0].first_frame).save(out / "frames" / f"{variant}.png")
-        returns = [episode.total_return for episode in played]
-        metrics[variant] = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
-                            "returns": returns, "model": _model_errors(world_model, played, encoder.feature,
-                                                                       cfg, kind)}
-    train_return, floor = metrics[train_variant]["return_mean"], metrics["random"]["return_mean"]
-    for variant in variants:
-        mean = metrics[variant]["return_mean"]
-        metrics[variant]["ood_score"] = mean / train_return if train_return else None
-        metrics[variant]["ood_score_above_random"] = (mean - floor) / (train_return - floor) if train_return != floor else None
-    write_json_atomic(out / METRICS_FILE, metrics)
-    return out
+        world_model = agent.world_model.eval()
+        kind = type(world_model).__name__.removesuffix("WorldModel").lower()
+        random = random_returns(settings, train_variant, seeds, max_steps)
+        metrics = {"about": {"run": str(cfg.run), "agent": name, "encoder": attrs["encoder"], "env": settings["env"],
+                             "train_variant": train_variant, "world_model": kind, "episodes": cfg.episodes,
+                             "max_steps": max_steps, "seed": cfg.seed, "encoder_properties": attrs["properties"],
+                             "prediction_metric": METRIC_NAME[kind], "code_version": code_version()},
+                   "random": {"return_mean": float(np.mean(random)), "returns": random}}
+        for variant in variants:
+            with make_pool(settings, variant, cfg.num_envs, step_frames=encoder.reads == "image") as pool:
+                played = evaluate_agent(agent, pool, encoder, seeds, max_steps, cfg.device, cfg.seed)
+            Image.fromarray(played[0].first_frame).save(out / "frames" / f"{variant}.png")
+            returns = [episode.total_return for episode in played]
+            metrics[variant] = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+                                "returns": returns, "model": _model_errors(world_model, played, encoder.feature,
+                                                                           cfg, kind)}
+        train_return, floor = metrics[train_variant]["return_mean"], metrics["random"]["return_mean"]
+        for variant in variants:
+            mean = metrics[variant]["return_mean"]
+            metrics[variant]["ood_score"] = mean / train_return if train_return else None
+            metrics[variant]["ood_score_above_random"] = (mean - floor) / (train_return - floor) if train_return != floor else None
+        write_json_atomic(out / METRICS_FILE, metrics)
+        return out
 
 
 def _model_errors(world_model, played: list[PlayedEpisode], feature: str, cfg: EvaluateConfig, kind: str) -> dict:

@@ -32,7 +32,8 @@ from pipeline.provenance import code_version
 from pipeline.storage.atomic_files import write_bytes_atomic, write_json_atomic
 from pipeline.storage.checkpoint import load_checkpoint, restore_model
 from pipeline.storage.embedding_store import arrays_sha256, read_store
-from pipeline.storage.runs import CHECKPOINT, QUALITY_DIR, RUN_FILE
+from pipeline.storage.runs import CHECKPOINT, QUALITY_DIR, RUN_FILE, recorded_path
+from pipeline.storage.writer_lock import writer_lock
 from world_models.replay import Replay
 
 METRICS_FILE = "metrics.json"
@@ -45,64 +46,65 @@ def run(cfg: EvaluateModelConfig) -> Path:
     run_file = cfg.run / RUN_FILE
     if not run_file.is_file():
         raise UserError(f"'{cfg.run}' is not a training run (no {RUN_FILE}); make one with `pvr-pipe train`")
-    run_info = yaml.safe_load(run_file.read_text())
-    checkpoint = load_checkpoint(cfg.run / CHECKPOINT)
-    spec = checkpoint["spec"]
-    model = restore_model(checkpoint, cfg.device).eval()
-
-    train_arrays, train_starts, _ = read_store(run_info["store"])
-    if arrays_sha256(train_arrays) != run_info["identity"]["store_sha256"]:
-        raise UserError(f"the run's store '{run_info['store']}' changed since training; retrain the run")
-    training = Replay(train_arrays, train_starts, spec["feature"])
-    identity = run_info["identity"]
-    scored = {run_info["variant"]: ("held-out", run_info["store"],
-                                    training.select_episodes(identity["validation_episodes"]))}
-    for store in stores_to_score(cfg.stores, run_info["store"]):
-        arrays, starts, attrs = read_store(store)
-        _check_same_encoder(run_info, attrs, store)
-        if attrs["variant"] in scored:
-            raise UserError(f"store '{store}' repeats variant '{attrs['variant']}'; pass one store per variant")
-        scored[attrs["variant"]] = ("all", store, Replay(arrays, starts, spec["feature"]))
-
-    world_model = spec["world_model"]
-    context = cfg.context if world_model == "dreamer" else 1
-    shortest = min(int((r.episode_end - r.episode_start).min()) for _, _, r in scored.values())
-    horizon = min(cfg.horizon or DEFAULT_HORIZON[world_model], shortest - context)
-    if horizon < 1:
-        raise UserError(f"episodes of {shortest} frames leave no room to predict after {context} context frames")
-    fit = training.select_episodes(identity["train_episodes"])
-    fit_groups = np.repeat(np.arange(fit.episodes), fit.episode_end - fit.episode_start)
-
-    metrics = {"about": {"run": str(cfg.run), "world_model": world_model, "encoder": run_info["encoder"],
-                         "seed": identity["seed"], "preset": identity["preset"], "env": run_info["env"],
-                         "train_variant": run_info["variant"],
-                         "encoder_properties": run_info["properties"], "prediction_metric": METRIC_NAME[world_model],
-                         "context": context, "horizon": horizon, "code_version": code_version()}}
-    curves = {}
-    for variant, (episodes, store, replay) in scored.items():
-        torch.manual_seed(0)
-        curve = prediction_error_curve(model, replay, context, horizon, cfg.device)
-        rewards = reward_and_reconstruction(model, replay, cfg.device)
-        probe = probe_r2(fit.obs.numpy(), fit.state, fit_groups, replay.obs.numpy(), replay.state)
-        curves[variant] = curve
-        metrics[variant] = {
-            "store": store, "episodes": episodes, "frames": replay.frames,
-            "prediction_error": {"mean": float(curve["model"].mean()), "final": float(curve["model"][-1]),
-                                 "copy_last_mean": float(curve["copy_last"].mean()),
-                                 "ratio_to_copy_last": float(curve["model"].mean() / max(curve["copy_last"].mean(), 1e-12))},
-            "reward": rewards["reward"],
-            "reconstruction_mse": rewards["reconstruction_mse"],
-            "probe": probe,
-        }
     out = cfg.out or cfg.run / QUALITY_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / METRICS_FILE, metrics)
-    header = ["horizon", *curves, *(f"{v}_copy_last" for v in curves)]
-    rows = ["\t".join(header)] + [
-        "\t".join([str(k + 1), *(f"{c['model'][k]:.6g}" for c in curves.values()),
-                   *(f"{c['copy_last'][k]:.6g}" for c in curves.values())]) for k in range(horizon)]
-    write_bytes_atomic(out / CURVE_FILE, ("\n".join(rows) + "\n").encode())
-    return out
+    with writer_lock(out, "evaluate-model"):
+        run_info = yaml.safe_load(run_file.read_text())
+        checkpoint = load_checkpoint(cfg.run / CHECKPOINT)
+        spec = checkpoint["spec"]
+        model = restore_model(checkpoint, cfg.device).eval()
+
+        own_store = recorded_path(run_info["store"], cfg.run)
+        train_arrays, train_starts, _ = read_store(own_store)
+        if arrays_sha256(train_arrays) != run_info["identity"]["store_sha256"]:
+            raise UserError(f"the run's store '{own_store}' changed since training; retrain the run")
+        training = Replay(train_arrays, train_starts, spec["feature"])
+        identity = run_info["identity"]
+        scored = {run_info["variant"]: ("held-out", own_store, training.select_episodes(identity["validation_episodes"]))}
+        for store in stores_to_score(cfg.stores, own_store):
+            arrays, starts, attrs = read_store(store)
+            _check_same_encoder(run_info, attrs, store)
+            if attrs["variant"] in scored:
+                raise UserError(f"store '{store}' repeats variant '{attrs['variant']}'; pass one store per variant")
+            scored[attrs["variant"]] = ("all", store, Replay(arrays, starts, spec["feature"]))
+
+        world_model = spec["world_model"]
+        context = cfg.context if world_model == "dreamer" else 1
+        shortest = min(int((r.episode_end - r.episode_start).min()) for _, _, r in scored.values())
+        horizon = min(cfg.horizon or DEFAULT_HORIZON[world_model], shortest - context)
+        if horizon < 1:
+            raise UserError(f"episodes of {shortest} frames leave no room to predict after {context} context frames")
+        fit = training.select_episodes(identity["train_episodes"])
+        fit_groups = np.repeat(np.arange(fit.episodes), fit.episode_end - fit.episode_start)
+
+        metrics = {"about": {"run": str(cfg.run), "world_model": world_model, "encoder": run_info["encoder"],
+                             "seed": identity["seed"], "preset": identity["preset"], "env": run_info["env"],
+                             "train_variant": run_info["variant"],
+                             "encoder_properties": run_info["properties"], "prediction_metric": METRIC_NAME[world_model],
+                             "context": context, "horizon": horizon, "code_version": code_version()}}
+        curves = {}
+        for variant, (episodes, store, replay) in scored.items():
+            torch.manual_seed(0)
+            curve = prediction_error_curve(model, replay, context, horizon, cfg.device)
+            rewards = reward_and_reconstruction(model, replay, cfg.device)
+            probe = probe_r2(fit.obs.numpy(), fit.state, fit_groups, replay.obs.numpy(), replay.state)
+            curves[variant] = curve
+            metrics[variant] = {
+                "store": store, "episodes": episodes, "frames": replay.frames,
+                "prediction_error": {"mean": float(curve["model"].mean()), "final": float(curve["model"][-1]),
+                                     "copy_last_mean": float(curve["copy_last"].mean()),
+                                     "ratio_to_copy_last": float(curve["model"].mean() / max(curve["copy_last"].mean(), 1e-12))},
+                "reward": rewards["reward"],
+                "reconstruction_mse": rewards["reconstruction_mse"],
+                "probe": probe,
+            }
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / METRICS_FILE, metrics)
+        header = ["horizon", *curves, *(f"{v}_copy_last" for v in curves)]
+        rows = ["\t".join(header)] + [
+            "\t".join([str(k + 1), *(f"{c['model'][k]:.6g}" for c in curves.values()),
+                       *(f"{c['copy_last'][k]:.6g}" for c in curves.values())]) for k in range(horizon)]
+        write_bytes_atomic(out / CURVE_FILE, ("\n".join(rows) + "\n").encode())
+        return out
 
 
 def stores_to_score(given: list[str], own_store: str) -> list[str]:

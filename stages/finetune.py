@@ -42,10 +42,11 @@ from pipeline.provenance import code_version
 from pipeline.rollout import AgentActor, RandomActor, StepTimer, evaluate_agent, play_episodes, random_returns
 from pipeline.storage import embedding_store
 from pipeline.storage.atomic_files import write_bytes_atomic
-from pipeline.storage.checkpoint import load_checkpoint, save_agent_checkpoint
-from pipeline.storage.live_metrics import open_live
+from pipeline.storage.checkpoint import load_checkpoint, restore_states, save_agent_checkpoint
+from pipeline.storage.live_metrics import open_live, read_summary
 from pipeline.storage.runs import (AGENT_CHECKPOINT, CHECKPOINT, EVALUATION_DIR, FINETUNE_DIR, FINETUNE_FILE,
-                                   LIVE_DIR, RUN_FILE, read_yaml)
+                                   LIVE_DIR, RUN_FILE, TIMING_DIR, path_to_record, read_yaml, recorded_path)
+from pipeline.storage.writer_lock import writer_lock
 from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
 from world_models.registry import compile_mode, make_agent, make_world_model, with_settings, world_model_config
 from world_models.replay import Replay, concat_batches, split_episodes
@@ -94,11 +95,22 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
     out = cfg.out or (cfg.run / FINETUNE_DIR if cfg.run else
                       Path("runs") / Path(attrs["source_dataset"]).name / attrs["encoder"] / spec["world_model"]
                       / f"seed{cfg.seed}" / "scratch")
-    identity = {"start": start["source"], "world_model": spec["world_model"], "config": spec["config"],
+    source = start["source"] | ({"run": path_to_record(cfg.run, out)} if cfg.run else {})
+    identity = {"start": source, "world_model": spec["world_model"], "config": spec["config"],
                 "seed": cfg.seed, "store_sha256": start["store_sha256"], "env": settings, "max_steps": max_steps,
                 "train_ratio": train_ratio, "seed_steps": seed_steps,
                 **cfg.model_dump(mode="json", include={"num_envs", "offline_fraction", "eval_every", "eval_episodes"})}
-    _check_out_dir(out, identity)
+    with writer_lock(out, "finetune"):
+        _check_out_dir(out, identity)
+        _finetune(cfg, out, start, identity, show_progress)
+    return out
+
+
+def _finetune(cfg: FinetuneConfig, out: Path, start: dict[str, Any], identity: dict[str, Any],
+              show_progress: bool) -> None:
+    arrays, episode_start, attrs, spec = start["arrays"], start["episode_start"], start["attrs"], start["spec"]
+    settings, max_steps = identity["env"], identity["max_steps"]
+    train_ratio, seed_steps = identity["train_ratio"], identity["seed_steps"]
     encoder = StoreEncoder(attrs, cfg.weights, cfg.device)
 
     torch.manual_seed(cfg.seed)
@@ -117,23 +129,22 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
 
     checkpoint_path = out / AGENT_CHECKPOINT
     progress_state = {"env_steps": 0, "updates": 0, "rounds": 0, "episodes": 0, "online_frames": 0,
-                      "update_debt": 0.0, "evaluations": 0, "seconds": {}}
+                      "update_debt": 0.0, "evaluations": 0}
     if checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path)
         agent.load_state_dict(saved["agent"])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(saved["optimizers"][name])
-        torch.set_rng_state(saved["rng"]["torch"])
-        rng.bit_generator.state = saved["rng"]["numpy"]
+        restore_states(saved, optimizers, rng)
         progress_state = saved["progress"]
     if progress_state["env_steps"] >= cfg.env_steps:
         print(f"{out} is already fine-tuned ({progress_state['env_steps']} agent steps)")
-        return out
+        return
 
     out.mkdir(parents=True, exist_ok=True)
-    info = {"identity": identity, "store": start["store"], "encoder": attrs["encoder"],
+    config = cfg.model_dump(mode="json", exclude={"out"}) | {
+        name: path_to_record(getattr(cfg, name), out) for name in ("run", "store") if getattr(cfg, name)}
+    info = {"identity": identity, "store": path_to_record(start["store"], out), "encoder": attrs["encoder"],
             "encoder_weights_sha256": attrs["weights_sha256"], "properties": attrs["properties"],
-            "env": settings["env"], "variant": settings["variant"], "finetune_config": cfg.model_dump(mode="json"),
+            "env": settings["env"], "variant": settings["variant"], "finetune_config": config,
             "pipeline_version": __version__, "code_version": code_version()}
     eval_seeds = episode_seeds(cfg.seed, EVAL_STREAM, 0, cfg.eval_episodes)
     info["random_return"] = read_yaml(out / FINETUNE_FILE).get("random_return") or float(
@@ -144,8 +155,10 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
                                       identity)
     online_arrays, online_starts, _ = embedding_store.read_store(str(out / ONLINE_STORE))
     online = Replay(online_arrays, online_starts, spec["feature"])
-    live = open_live(out / LIVE_DIR, resume_from=progress_state["env_steps"] if progress_state["rounds"] else 0)
-    timer = StepTimer(progress_state["seconds"])
+    resume_from = progress_state["env_steps"] if progress_state["rounds"] else 0
+    live = open_live(out / LIVE_DIR, resume_from=resume_from)
+    timing = open_live(out / TIMING_DIR, resume_from=resume_from)
+    timer = StepTimer(read_summary(out / TIMING_DIR).get("seconds") if resume_from else None)
     spec_out = {**spec, "preset": start["preset"]}
 
     with make_pool(settings, settings["variant"], cfg.num_envs, step_frames=encoder.reads == "image") as pool, \
@@ -208,20 +221,21 @@ def run(cfg: FinetuneConfig, show_progress: bool = True) -> Path:
             for key, values in losses.items():
                 live.log_metric(f"train/{key}", float(np.mean(values)))
             losses.clear()
+            timing.step = progress_state["env_steps"]
             for part, share in time_shares(timer.seconds).items():
-                live.log_metric(f"timing/{part}_share", share)
-            live.log_metric("timing/agent_steps_per_s",
-                            progress_state["env_steps"] / max(timer.seconds["round"], 1e-9))
+                timing.log_metric(f"{part}_share", share)
+            timing.log_metric("agent_steps_per_s", progress_state["env_steps"] / max(timer.seconds["round"], 1e-9))
+            for part, seconds in timer.seconds.items():
+                timing.log_metric(f"seconds/{part}", seconds, plot=False)
+            timing.make_summary()
             evaluations_due = progress_state["env_steps"] // cfg.eval_every + 1
             done = progress_state["env_steps"] >= cfg.env_steps
             if progress_state["evaluations"] < evaluations_due or done:
                 evaluate()
             live.make_summary()
             if progress_state["rounds"] % cfg.checkpoint_every == 0 or done:
-                progress_state["seconds"] = dict(timer.seconds)
                 save_agent_checkpoint(checkpoint_path, agent=agent, optimizers=optimizers, rng=rng,
                                       spec=spec_out, progress=progress_state, store_attrs=attrs)
-    return out
 
 
 def time_shares(seconds: dict[str, float]) -> dict[str, float]:
@@ -241,7 +255,7 @@ def _starting_point(cfg: FinetuneConfig) -> dict[str, Any]:
             raise UserError(f"'{cfg.run}' is not a training run (no {RUN_FILE}); make one with `pvr-pipe train`")
         run_info = read_yaml(run_file)
         checkpoint = load_checkpoint(cfg.run / CHECKPOINT)
-        store = run_info["store"]
+        store = recorded_path(run_info["store"], cfg.run)
         _refuse_contradictions(cfg, {"world_model": run_info["identity"]["world_model"],
                                      "preset": run_info["identity"]["preset"]})
         arrays, episode_start, attrs = embedding_store.read_store(store)
@@ -254,7 +268,7 @@ def _starting_point(cfg: FinetuneConfig) -> dict[str, Any]:
         return {"arrays": arrays, "episode_start": episode_start, "attrs": attrs, "store": store,
                 "store_sha256": store_sha, "spec": spec, "preset": run_info["identity"]["preset"],
                 "checkpoint": checkpoint, "train_episodes": run_info["identity"]["train_episodes"],
-                "source": {"run": str(cfg.run), "update": int(checkpoint["update"])}}
+                "source": {"update": int(checkpoint["update"])}}
     store = cfg.store.rstrip("/")
     arrays, episode_start, attrs = embedding_store.read_store(store)
     feature = attrs["feature"]
@@ -303,7 +317,7 @@ def _open_online_store(path: Path, attrs: dict, spec: dict, state_dim: int, prog
     layout = embedding_store.step_array_layout(spec["action_dim"], state_dim)
     online_attrs = {key: value for key, value in attrs.items()
                     if key not in ("format", "format_version", "feature", "array_sha256")}   # it grows: no hashes
-    online_attrs |= {"source_dataset": f"online:{path.parent}", "online": identity}
+    online_attrs["online"] = identity   # its own source_dataset: the dataset whose task it goes on with
     return embedding_store.create_store(
         str(path), frames=0, feature=feature, feature_shape=tuple(spec["feature_shape"]),
         feature_dtype="uint8" if feature == "pixels" else attrs["dtype"], step_layout=layout,

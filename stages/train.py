@@ -1,10 +1,12 @@
 """`pvr-pipe train`: fit a world model offline on the cached embeddings of one store.
 
 A run directory holds `run.yaml` (resolved config, seeds, held-out episodes, input hashes, code
-version), `checkpoint.pt` (rewritten atomically every `checkpoint_every` updates and at the end)
-and `live/` (dvclive: `metrics.json`, and per-metric TSVs under `plots/metrics/train/`). A killed
-run continues from its last checkpoint with the same RNG states, so it ends with the same weights
-as an uninterrupted one.
+version; the store's path relative to the run), `checkpoint.safetensors` (rewritten atomically
+every `checkpoint_every` updates and at the end), `live/` (dvclive: `metrics.json`, and per-metric
+TSVs under `plots/metrics/train/`) and `timing/` (updates per second, outside what DVC hashes).
+Losses are logged as means over windows of `log_every` updates. A killed run continues from its
+last checkpoint with the same RNG states and the sums of the window in progress, so it ends with
+the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pipeline.storage.atomic_files import write_bytes_atomic
 from pipeline.storage.checkpoint import load_checkpoint, restore_training, save_checkpoint
 from pipeline.storage.embedding_store import arrays_sha256, read_store
 from pipeline.storage.live_metrics import open_live
-from pipeline.storage.runs import CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE
+from pipeline.storage.runs import (CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE, TIMING_DIR,
+                                   path_to_record)
+from pipeline.storage.writer_lock import writer_lock
 from pipeline.task_settings import task_settings
 from world_models.registry import compile_mode, make_world_model, world_model_config
 from world_models.replay import Replay, split_episodes
@@ -55,7 +59,6 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
     identity = {"world_model": cfg.world_model, "preset": cfg.preset, "config": spec["config"], "seed": cfg.seed,
                 "store_sha256": arrays_sha256(arrays), "train_episodes": train_ids,
                 "validation_episodes": validation_ids}
-    _check_run_dir(out, identity)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -69,22 +72,35 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
     if cfg.compile:
         model.compile(compile_mode(cfg.device))
     optimizers = model.make_optimizers()
+    with writer_lock(out, "train"):
+        _check_run_dir(out, identity)
+        _train(cfg, out, model, optimizers, rng, replay, spec, identity, store, attrs, show_progress)
+    return out
+
+
+def _train(cfg: TrainConfig, out: Path, model, optimizers, rng: np.random.Generator, replay: Replay, spec: dict,
+           identity: dict, store: str, attrs: dict, show_progress: bool) -> None:
+    wm_config = model.cfg
     checkpoint_path = out / CHECKPOINT
-    start = restore_training(load_checkpoint(checkpoint_path), model, optimizers, rng) if checkpoint_path.exists() else 0
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+    start = restore_training(checkpoint, model, optimizers, rng) if checkpoint else 0
     if start >= cfg.updates:
         print(f"{out} is already trained ({start} updates)", file=sys.stderr)
-        return out
+        return
     out.mkdir(parents=True, exist_ok=True)
-    run_info = {"identity": identity, "store": store, "encoder": attrs["encoder"],
+    run_info = {"identity": identity, "store": path_to_record(store, out), "encoder": attrs["encoder"],
                 "encoder_weights_sha256": attrs["weights_sha256"], "env": attrs["env"], "variant": attrs["variant"],
                 "source_dataset": attrs["source_dataset"], "properties": attrs["properties"],
-                "train_config": cfg.model_dump(mode="json"), "pipeline_version": __version__,
+                "train_config": cfg.model_dump(mode="json", exclude={"out"}) | {"store": path_to_record(store, out)},
+                "pipeline_version": __version__,
                 "code_version": code_version()}
     write_bytes_atomic(out / RUN_FILE, yaml.safe_dump(run_info, sort_keys=False).encode())
 
     live = open_live(out / LIVE_DIR, resume_from=start)
-    sums: dict[str, float] = defaultdict(float)
-    window_start, count = time.perf_counter(), 0
+    timing = open_live(out / TIMING_DIR, resume_from=start)
+    window = checkpoint["log_window"] if checkpoint else {"sums": {}, "count": 0}
+    sums: dict[str, float] = defaultdict(float, window["sums"])
+    count, timed, window_start = window["count"], 0, time.perf_counter()
     columns = (TextColumn(f"train {cfg.world_model} on {attrs['encoder']}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("updates {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress) as progress:
@@ -95,20 +111,21 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
             for key, value in metrics.items():
                 sums[key] += value
             count += 1
+            timed += 1
             progress.advance(bar)
             if update % cfg.log_every == 0 or update == cfg.updates:
-                elapsed = time.perf_counter() - window_start
-                live.step = update
+                live.step = timing.step = update
                 for key, value in sums.items():
                     live.log_metric(f"train/{key}", value / count)
-                live.log_metric("train/updates_per_s", count / elapsed)
                 live.make_summary()
+                timing.log_metric("updates_per_s", timed / (time.perf_counter() - window_start))
+                timing.make_summary()
                 progress.update(bar, loss=f"loss {sums['loss'] / count:.3f}")
                 sums.clear()
-                window_start, count = time.perf_counter(), 0
+                count, timed, window_start = 0, 0, time.perf_counter()
             if update % cfg.checkpoint_every == 0 or update == cfg.updates:
-                save_checkpoint(checkpoint_path, model=model, optimizers=optimizers, update=update, rng=rng, spec=spec)
-    return out
+                save_checkpoint(checkpoint_path, model=model, optimizers=optimizers, update=update, rng=rng,
+                                spec=spec, log_window={"sums": dict(sums), "count": count})
 
 
 def _check_run_dir(out: Path, identity: dict) -> None:

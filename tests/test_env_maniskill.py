@@ -158,4 +158,4 @@ def test_collect_encode_train_through_the_cli(tmp_path):
         trained = pvr_pipe("train", "--store", store, "--world-model", world_model, "--preset", "xs",
                            "--updates", 5, *settings, "--out", tmp_path / world_model, "--quiet")
         assert trained.returncode == 0, trained.stderr
-        assert (tmp_path / world_model / "checkpoint.pt").is_file()
+        assert (tmp_path / world_model / "checkpoint.safetensors").is_file()

@@ -64,10 +64,10 @@ def test_same_seed_same_losses_other_seed_other_losses(linear_store, tmp_path):
 
 def test_checkpoint_round_trip_restores_the_same_function(linear_store, tmp_path):
     run_dir = train_run(linear_store, tmp_path / "run", "dreamer", updates=30)
-    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    checkpoint = load_checkpoint(run_dir / "checkpoint.safetensors")
     assert checkpoint["update"] == 30
     model = restore_model(checkpoint).eval()
-    again = restore_model(load_checkpoint(run_dir / "checkpoint.pt")).eval()
+    again = restore_model(load_checkpoint(run_dir / "checkpoint.safetensors")).eval()
     obs = torch.randn(3, 5, 16)
     torch.testing.assert_close(model.embed(obs), again.embed(obs))
     for key, value in model.state_dict().items():
@@ -76,37 +76,51 @@ def test_checkpoint_round_trip_restores_the_same_function(linear_store, tmp_path
 
 def test_rerun_of_a_finished_run_writes_nothing_and_more_updates_continue(linear_store, tmp_path):
     run_dir = train_run(linear_store, tmp_path / "run", "tdmpc", updates=50)
-    before = (run_dir / "checkpoint.pt").read_bytes()
+    before = (run_dir / "checkpoint.safetensors").read_bytes()
     train_run(linear_store, run_dir, "tdmpc", updates=50)
-    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert (run_dir / "checkpoint.safetensors").read_bytes() == before
     train_run(linear_store, run_dir, "tdmpc", updates=75)
-    assert load_checkpoint(run_dir / "checkpoint.pt")["update"] == 75
+    assert load_checkpoint(run_dir / "checkpoint.safetensors")["update"] == 75
     assert [step for step, _ in losses(run_dir)] == [25, 50, 75]
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(linear_store, tmp_path):
+def test_resume_after_sigkill_gives_the_bytes_of_an_uninterrupted_run(linear_store, tmp_path):
+    # Checkpoints fall inside logging windows (50 vs 30 updates): the resumed window must log the same mean.
     args = ["train", "--store", linear_store, "--world-model", "dreamer", "--preset", "xs", "--set", "lr=1e-3",
-            "--set", "sequence_length=32", "--updates", "300", "--log-every", "10", "--checkpoint-every", "50",
+            "--set", "sequence_length=32", "--updates", "300", "--log-every", "30", "--checkpoint-every", "50",
             "--quiet", "--threads", "1"]
     killed = tmp_path / "killed"
     process = subprocess.Popen([PVR_PIPE, *map(str, args), "--out", str(killed)], stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+    while not (killed / "checkpoint.safetensors").exists() and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)                       # let it run past the checkpoint before the kill
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = load_checkpoint(killed / "checkpoint.pt")["update"]
+    interrupted_at = load_checkpoint(killed / "checkpoint.safetensors")["update"]
     assert 0 < interrupted_at < 300
     assert pvr_pipe(*args, "--out", killed).returncode == 0
     assert pvr_pipe(*args, "--out", tmp_path / "straight").returncode == 0
-    resumed = load_checkpoint(killed / "checkpoint.pt")
-    straight = load_checkpoint(tmp_path / "straight/checkpoint.pt")
-    assert resumed["update"] == 300
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
-    # The log has each step once, with the values of the uninterrupted run.
-    assert losses(killed) == losses(tmp_path / "straight")
+    assert load_checkpoint(killed / "checkpoint.safetensors")["update"] == 300
+    # Every file DVC tracks, byte for byte (the checkpoint, run.yaml, the loss logs); timing lives apart.
+    tracked = {path.relative_to(killed).as_posix() for path in killed.rglob("*") if path.is_file()}
+    assert {"checkpoint.safetensors", "run.yaml", "live/metrics.json", "live/plots/metrics/train/loss.tsv",
+            "timing/plots/metrics/updates_per_s.tsv"} <= tracked
+    for name in sorted(tracked):
+        if not name.startswith("timing/"):
+            assert (killed / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    assert [step for step, _ in losses(killed)] == list(range(30, 301, 30))
+
+
+def test_a_second_train_into_one_run_is_refused_in_one_line(linear_store, tmp_path):
+    args = ["train", "--store", linear_store, "--world-model", "tdmpc", "--preset", "xs", "--updates", "1000",
+            "--quiet", "--threads", "1", "--out", tmp_path / "run"]
+    both = [subprocess.Popen([PVR_PIPE, *map(str, args)], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted((process.wait(timeout=300), process.stderr.read()) for process in both)
+    assert results[0][0] == 0 and results[1][0] == 2, results
+    assert len(results[1][1].strip().splitlines()) == 1 and "is being written by" in results[1][1]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")["update"] == 1000
+    assert not (tmp_path / "run.lock").exists()
 
 
 def test_replay_windows_stay_inside_episodes_and_stack_repeats_the_first_frame():
@@ -178,8 +192,8 @@ def test_evaluate_model_scores_an_ood_store_with_its_own_frames(linear_store, tm
 
 def test_a_run_directory_of_another_config_is_refused(linear_store, tmp_path):
     run_dir = train_run(linear_store, tmp_path / "run", "tdmpc", updates=10)
-    before = (run_dir / "checkpoint.pt").read_bytes()
+    before = (run_dir / "checkpoint.safetensors").read_bytes()
     result = pvr_pipe("train", "--store", linear_store, "--world-model", "tdmpc", "--preset", "xs",
                       "--seed", "5", "--out", run_dir)
     assert_user_error(result, "different", "seed")
-    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert (run_dir / "checkpoint.safetensors").read_bytes() == before

@@ -9,6 +9,8 @@ random: missing weights are a `UserError` saying which file to get and where to 
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +72,13 @@ def read_state_dict(path: Path) -> StateDict:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch warns about pickle protocols on its way to failing
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:   # torch's own message advises weights_only=False, which runs the file's code
+        raise UserError(f"weights file '{path}' is a pickle that torch's tensors-only loader refuses (Python "
+                        "objects besides tensors, or a newer pickle protocol) and pvr-pipe never runs a file's code "
+                        "to load it; save its state dict with safetensors.torch.save_file and pass that") from None
     except Exception as error:  # any unreadable checkpoint is the user's file to fix
         raise UserError(f"weights file '{path}' cannot be read as a checkpoint "
                         f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None

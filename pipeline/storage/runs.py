@@ -1,14 +1,22 @@
 """Run directories: the files `train`, `finetune` and `evaluate` write, and loading an agent from one.
 
-    runs/<dataset>/<encoder>/<world_model>/seed<k>/   run.yaml, checkpoint.pt (the world model), live/
+    runs/<dataset>/<encoder>/<world_model>/seed<k>/   run.yaml, checkpoint.safetensors (the world model),
+                                                      live/, timing/
         quality/                                      evaluate-model: metrics.json, prediction_error.tsv
-        finetune/                                     finetune.yaml, agent.pt (the whole agent, with the
-                                                      provenance of its store), online.zarr, live/
+        finetune/                                     finetune.yaml, agent.safetensors (the whole agent,
+                                                      with the provenance of its store), online.zarr,
+                                                      live/, timing/
             evaluation/                               evaluate: metrics.json, frames/<look>.png
+
+`live/` holds what the run computed (losses, returns); `timing/` its wall-clock speeds, which no
+two runs share, so they stay out of the files DVC hashes. Paths that a run's files record are
+relative to the folder of the file, so a run works from any folder and a moved workspace keeps
+working.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +27,32 @@ from pipeline.errors import UserError
 from pipeline.storage.embedding_store import open_store
 
 RUN_FILE = "run.yaml"
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
 LIVE_DIR = "live"
+TIMING_DIR = "timing"
 QUALITY_DIR = "quality"
 FINETUNE_DIR = "finetune"
 FINETUNE_FILE = "finetune.yaml"
-AGENT_CHECKPOINT = "agent.pt"
+AGENT_CHECKPOINT = "agent.safetensors"
 EVALUATION_DIR = "evaluation"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def path_to_record(path: str | Path, folder: Path) -> str:
+    """`path` as a file in `folder` records it: relative to that folder (a URL stays as it is)."""
+    if "://" in str(path):
+        return str(path)
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+
+
+def recorded_path(recorded: str, folder: Path) -> str:
+    """The path that a file in `folder` recorded, usable from the current folder."""
+    if "://" in recorded or os.path.isabs(recorded):
+        return recorded
+    return os.path.normpath(os.path.join(folder, recorded))
 
 
 def load_agent(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any], str]:
@@ -48,7 +71,7 @@ def load_agent(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dic
         if checkpoint["spec"]["world_model"] != "tdmpc":
             raise UserError(f"'{run_dir}' is an offline {checkpoint['spec']['world_model']} run: its actor is only "
                             f"trained online; fine-tune it first (`pvr-pipe finetune --run {run_dir}`)")
-        store = read_yaml(run_dir / RUN_FILE)["store"]
+        store = recorded_path(read_yaml(run_dir / RUN_FILE)["store"], run_dir)
         name = f"agent:{run_dir}@{checkpoint['update']}updates"
         return make_agent(restore_model(checkpoint, device)), dict(open_store(store).attrs), name
     raise UserError(f"'{run_dir}' holds no agent ({AGENT_CHECKPOINT} or {RUN_FILE}); make one with "

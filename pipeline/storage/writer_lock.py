@@ -1,15 +1,17 @@
-"""One writer per artifact: an exclusive lock file beside the output, naming its owner.
+"""One writer per artifact: a lock file beside the output, naming its owner.
 
-`<output>.lock` is created with O_EXCL before anything of the output is written and removed on
-every exit of the writing command (an error, Ctrl-C). A command killed outright leaves its lock;
-the next writer on the same host sees that the owner's process is gone and takes it over. A
-lock held on another host is reported with its owner and how to clear it, since this host
-cannot tell whether that writer still runs. Outputs given as remote fsspec URLs are not locked.
+`<output>.lock` is locked (flock) before anything of the output is written, and removed on every
+exit of the writing command (an error, Ctrl-C). The kernel drops the lock of a command killed
+outright, so its leftover file is taken over by the next writer on the same host. A file whose
+owner ran on another host (a shared filesystem) is reported with its owner and how to clear it,
+since this host cannot tell whether that writer still runs. Outputs given as remote fsspec URLs
+are not locked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -37,23 +39,40 @@ def writer_lock(output: str | Path, command: str) -> Iterator[None]:
                         "choose another --out") from None
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": command,
              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    while True:
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = _read_owner(path)
-            if held is not None and held.get("host") == owner["host"] and not _alive(held.get("pid")):
-                path.unlink(missing_ok=True)   # its writer died on this host: take over
-                continue
-            raise UserError(_held_message(output, path, held, owner["host"])) from None
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(owner, file)
-        break
+    descriptor = _acquire(path, output, owner["host"])
     try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, json.dumps(owner).encode())
         yield
     finally:
-        if _read_owner(path) == owner:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)   # still locked: no other writer can be using this file
+        os.close(descriptor)
+
+
+def _acquire(path: Path, output, host: str) -> int:
+    """A descriptor of `path` holding its lock, or a `UserError` saying who holds it."""
+    while True:
+        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise UserError(_held_message(output, path, _read_owner(path), host)) from None
+        if os.fstat(descriptor).st_ino != _inode(path):   # its last holder removed it as we opened it
+            os.close(descriptor)
+            continue
+        held = _read_owner(path)
+        if held is not None and held.get("host", host) != host:
+            os.close(descriptor)
+            raise UserError(_held_message(output, path, held, host))
+        return descriptor
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _read_owner(path: Path) -> dict | None:
@@ -61,18 +80,6 @@ def _read_owner(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):   # gone, or being written this very moment
         return None
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's process
-        return True
-    return True
 
 
 def _held_message(output, path: Path, held: dict | None, host: str) -> str:
