@@ -21,6 +21,7 @@ from rich.table import Table
 from pipeline.config import (CollectConfig, EncodeConfig, EvaluateConfig, EvaluateModelConfig, FinetuneConfig,
                              ReportConfig, TrainConfig, load_config)
 from pipeline.errors import UserError
+from pipeline.storage.disk_space import no_space_error
 from world_models.errors import WorldModelError
 
 CONFIG_HELP = ("YAML file, or FILE:SECTION (e.g. params.yaml:collect), giving options; repeat to "
@@ -349,8 +350,7 @@ def main(argv: list[str] | None = None) -> None:
 def _describe_os_error(error: OSError) -> str:
     """A failed read or write of a path, in words: which path, why, what to do."""
     if error.errno == errno.ENOSPC:
-        return (f"no space left on the device while writing '{error.filename}'; free some space and rerun "
-                "the same command (it resumes; what was written before is kept)")
+        return str(no_space_error(error.filename))
     return f"cannot use '{error.filename}' ({error.strerror}); choose another path or fix its permissions"
 
 

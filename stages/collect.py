@@ -8,6 +8,7 @@ on how many workers ran or whether the run was interrupted.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import queue
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -26,6 +27,7 @@ from pipeline.errors import UserError
 from pipeline.policies import Policy, make_policy
 from pipeline.provenance import code_version
 from pipeline.rollout import collect_episode
+from pipeline.storage.disk_space import no_space_error
 from pipeline.storage.manifest import ShardRecord, TrajectoryManifest
 from pipeline.storage.trajectory_writer import BackgroundShardWriter, TrajectoryDatasetWriter, episode_key, shard_name
 from pipeline.storage.writer_lock import writer_lock
@@ -87,7 +89,21 @@ def run(cfg: CollectConfig, show_progress: bool = True) -> TrajectoryManifest:
         raise UserError("no output directory; pass --out PATH (or `out:` in the config)")
     check_variant(cfg.env, cfg.variant)
     with writer_lock(cfg.out, "collect"):
-        return _collect(cfg, show_progress)
+        try:
+            return _collect(cfg, show_progress)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            raise no_space_error(error.filename or cfg.out, _bytes_still_needed(cfg)) from None
+
+
+def _bytes_still_needed(cfg: CollectConfig) -> int | None:
+    """The shards not yet written, at the mean size of those that were; None before the first."""
+    written = [path.stat().st_size for path in Path(cfg.out).glob("shard-*.tar")]
+    if not written:
+        return None
+    shards = -(-cfg.episodes // cfg.episodes_per_shard)
+    return (shards - len(written)) * sum(written) // len(written)
 
 
 def _collect(cfg: CollectConfig, show_progress: bool) -> TrajectoryManifest:

@@ -179,3 +179,16 @@ def test_a_second_writer_of_one_output_is_refused_and_the_first_is_not_disturbed
     foreign.write_text(json.dumps({"host": "elsewhere", "pid": 1, "command": "collect", "since": "-"}))
     assert_user_error(pvr_pipe(*small, "--out", tmp_path / "foreign"), "on elsewhere", f"delete {foreign}")
     assert not (tmp_path / "foreign").exists()
+
+
+def test_a_weights_file_that_is_not_tensors_only_is_refused_in_one_line_without_torchs_advice(tmp_path, toy_dataset):
+    import datetime
+
+    import torch
+
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"r3m": {"module.convnet.conv1.weight": torch.zeros(1)}, "saved": datetime.date(2024, 1, 1)}, unsafe)
+    result = pvr_pipe("encode", "--model", "r3m", "--weights", unsafe, "--dataset", toy_dataset,
+                      "--out", tmp_path / "s.zarr")
+    assert_user_error(result, str(unsafe), "tensors-only loader refuses", "safetensors")
+    assert "weights_only" not in result.stderr and not (tmp_path / "s.zarr").exists()

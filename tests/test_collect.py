@@ -4,6 +4,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 
 from pipeline.storage.manifest import read_manifest
 from pipeline.envs import make_env
@@ -11,7 +12,7 @@ from pipeline.policies import RandomPolicy
 from pipeline.rollout import collect_episode
 from pipeline.storage.trajectory_reader import iter_episodes
 from stages.collect import episode_seeds
-from tests.conftest import PVR_PIPE, collect_toy, pvr_pipe, snapshot
+from tests.conftest import PVR_PIPE, assert_user_error, collect_toy, pvr_pipe, snapshot
 
 DMC = ["--env", "dmc/cartpole-swingup", "--variant", "lighting", "--seed", "11", "--quiet"]
 RESUMABLE = DMC + ["--episodes", "6", "--episodes-per-shard", "1", "--max-steps", "30"]
@@ -87,3 +88,29 @@ def test_dmc_episodes_are_stored_exactly(tmp_path):
     returns = np.array([r for shard in manifest.shards for r in shard.episode_returns])
     assert ((returns >= 0) & (returns <= 20)).all()  # DMC rewards lie in [0, 1] per env step
     assert manifest.state_keys == {"position": 3, "velocity": 2}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 700 KiB tmpfs (mounting one needs root; skipped where the test may not)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_space_needed_and_the_rerun_resumes(small_disk):
+    args = ["collect", "--env", "toy/pointmass-reach", "--episodes", "20", "--max-steps", "50",
+            "--episodes-per-shard", "5", "--quiet", "--out", small_disk / "ds"]
+    assert_user_error(pvr_pipe(*args), "no space left", str(small_disk / "ds" / "shard-"), "MiB free there",
+                      "MiB more needed")
+    assert not (small_disk / "ds" / "manifest.json").exists()          # nothing that looks complete
+    kept = snapshot(small_disk / "ds" / "shard-000000.tar")
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)   # space freed
+    assert pvr_pipe(*args).returncode == 0
+    assert snapshot(small_disk / "ds" / "shard-000000.tar") == kept
+    assert pvr_pipe("info", small_disk / "ds", "--verify").returncode == 0

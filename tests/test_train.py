@@ -197,3 +197,12 @@ def test_a_run_directory_of_another_config_is_refused(linear_store, tmp_path):
                       "--seed", "5", "--out", run_dir)
     assert_user_error(result, "different", "seed")
     assert (run_dir / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_evaluate_model_into_a_path_under_a_file_is_one_line(linear_store, tmp_path):
+    run_dir = train_run(linear_store, tmp_path / "run", "tdmpc", updates=10)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    assert_user_error(pvr_pipe("evaluate-model", "--run", run_dir, "--out", blocker / "quality"), "cannot",
+                      str(blocker))
+    assert blocker.read_text() == "keep me"

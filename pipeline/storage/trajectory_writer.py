@@ -69,14 +69,17 @@ def frames_sample(encoded_frames: list[bytes], image_format: str) -> dict[str, b
 def write_shard(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[str, int]:
     """Write (key, sample) pairs to `path` via a temporary file; return (sha256, size)."""
     tmp = temporary_path(path)
-    with open(tmp, "wb") as f:
-        # Fixed owner and mtime: the same episodes give the same bytes.
-        writer = wds.TarWriter(f, user="pvr-pipe", group="pvr-pipe", encoder=False, mtime=0)
-        for key, sample in samples:
-            writer.write({"__key__": key, **sample})
-        writer.close()
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            # Fixed owner and mtime: the same episodes give the same bytes.
+            writer = wds.TarWriter(f, user="pvr-pipe", group="pvr-pipe", encoder=False, mtime=0)
+            for key, sample in samples:
+                writer.write({"__key__": key, **sample})
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:   # a failed write does not say which file it was writing
+        raise OSError(error.errno, error.strerror, error.filename or str(tmp)) from None
     os.replace(tmp, path)
     return sha256_file(path), path.stat().st_size
 

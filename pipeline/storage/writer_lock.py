@@ -41,8 +41,11 @@ def writer_lock(output: str | Path, command: str) -> Iterator[None]:
              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     descriptor = _acquire(path, output, owner["host"])
     try:
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, json.dumps(owner).encode())
+        try:
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, json.dumps(owner).encode())
+        except OSError as error:   # a full disk: say which file
+            raise OSError(error.errno, error.strerror, str(path)) from None
         yield
     finally:
         path.unlink(missing_ok=True)   # still locked: no other writer can be using this file
