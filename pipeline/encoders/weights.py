@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,11 @@ def read_state_dict(path: Path) -> StateDict:
         with warnings.catch_warnings():   # torch warns about pickle protocols on its way to failing
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:   # torch's own message advises weights_only=False, which runs the file's code
+    except pickle.UnpicklingError as error:
+        if not zipfile.is_zipfile(path):   # not what torch.save writes: say so, not torch's advice
+            raise UserError(f"weights file '{path}' cannot be read as a checkpoint (neither safetensors nor "
+                            "a torch.save file)") from None
+        # torch's own message advises weights_only=False, which would run the file's code
         raise UserError(f"weights file '{path}' is a pickle that torch's tensors-only loader refuses (Python "
                         "objects besides tensors, or a newer pickle protocol) and pvr-pipe never runs a file's code "
                         "to load it; save its state dict with safetensors.torch.save_file and pass that") from None
