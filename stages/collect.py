@@ -25,7 +25,6 @@ from pipeline.envs import check_variant, make_env
 from pipeline.envs.actions import action_dim, is_discrete
 from pipeline.errors import UserError
 from pipeline.policies import Policy, make_policy
-from pipeline.provenance import code_version
 from pipeline.rollout import collect_episode
 from pipeline.storage.disk_space import no_space_error
 from pipeline.storage.manifest import ShardRecord, TrajectoryManifest
@@ -134,7 +133,7 @@ def _collect(cfg: CollectConfig, show_progress: bool) -> TrajectoryManifest:
         seed=cfg.seed, frame_size=cfg.frame_size, image_format=cfg.image_format,
         action_dim=action_dim(env.action_space),
         action_space="discrete" if is_discrete(env.action_space) else "box", action_repeat=env.action_repeat,
-        state_keys=env.state_keys, time_limit=env.time_limit, episodic=env.episodic, pipeline_version=__version__, code_version=code_version())
+        state_keys=env.state_keys, time_limit=env.time_limit, episodic=env.episodic, pipeline_version=__version__)
 
 
 def _collect_in_processes(cfg: CollectConfig, todo: list[int], dataset: TrajectoryDatasetWriter,

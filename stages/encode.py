@@ -30,7 +30,6 @@ from pipeline.encoders import FrozenEncoder, get_spec
 from pipeline.encoders.pixels import PIXEL_SIZE
 from pipeline.errors import UserError
 from pipeline.parallel import dask_client, prefetch
-from pipeline.provenance import code_version
 from pipeline.storage import embedding_store
 from pipeline.storage.episode import STEP_ARRAYS
 from pipeline.storage.manifest import TrajectoryManifest, read_manifest_bytes
@@ -225,7 +224,7 @@ def _encode(cfg: EncodeConfig, spec, manifest_bytes: bytes, out: str, show_progr
                    "action_space": manifest.action_space, "time_limit": manifest.time_limit,
                    "episodic": manifest.episodic, "collect_config": manifest.config,
                    "encode_config": cfg.model_dump(mode="json", exclude={"out", "workers", "scheduler", "threads"}),
-                   "pipeline_version": __version__, "code_version": code_version()})
+                   "pipeline_version": __version__})
     spans = episode_spans(manifest)
     done = embedding_store.units_done(partial)
     todo = [u for u in plan_units(total, chunk_frames) if u.index not in done]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline import __version__
 from pipeline.analysis.model_quality import (DEFAULT_HORIZON, METRIC_NAME, prediction_error_curve,
                                              reward_and_reconstruction)
 from pipeline.config import EvaluateConfig
@@ -25,7 +26,6 @@ from pipeline.encoders.store_encoder import StoreEncoder
 from pipeline.envs import get_entry
 from pipeline.envs.store_env import env_settings, make_pool
 from pipeline.errors import UserError
-from pipeline.provenance import code_version
 from pipeline.rollout import PlayedEpisode, evaluate_agent, random_returns
 from pipeline.storage.atomic_files import write_json_atomic
 from pipeline.storage.runs import EVALUATION_DIR, load_agent
@@ -63,7 +63,7 @@ def run(cfg: EvaluateConfig) -> Path:
         metrics = {"about": {"run": str(cfg.run), "agent": name, "encoder": attrs["encoder"], "env": settings["env"],
                              "train_variant": train_variant, "world_model": kind, "episodes": cfg.episodes,
                              "max_steps": max_steps, "seed": cfg.seed, "encoder_properties": attrs["properties"],
-                             "prediction_metric": METRIC_NAME[kind], "code_version": code_version()},
+                             "prediction_metric": METRIC_NAME[kind], "pipeline_version": __version__},
                    "random": {"return_mean": float(np.mean(random)), "returns": random}}
         for variant in variants:
             with make_pool(settings, variant, cfg.num_envs, step_frames=encoder.reads == "image") as pool:

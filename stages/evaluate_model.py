@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import yaml
 
+from pipeline import __version__
 from pipeline.analysis.linear_probe import probe_r2
 from pipeline.analysis.model_quality import (DEFAULT_HORIZON, METRIC_NAME, prediction_error_curve,
                                              reward_and_reconstruction)
 from pipeline.config import EvaluateModelConfig
 from pipeline.errors import UserError
-from pipeline.provenance import code_version
 from pipeline.storage.atomic_files import write_bytes_atomic, write_json_atomic
 from pipeline.storage.checkpoint import load_checkpoint, restore_model
 from pipeline.storage.embedding_store import arrays_sha256, read_store
@@ -80,7 +80,7 @@ def run(cfg: EvaluateModelConfig) -> Path:
                              "seed": identity["seed"], "preset": identity["preset"], "env": run_info["env"],
                              "train_variant": run_info["variant"],
                              "encoder_properties": run_info["properties"], "prediction_metric": METRIC_NAME[world_model],
-                             "context": context, "horizon": horizon, "code_version": code_version()}}
+                             "context": context, "horizon": horizon, "pipeline_version": __version__}}
         curves = {}
         for variant, (episodes, store, replay) in scored.items():
             torch.manual_seed(0)

@@ -38,14 +38,14 @@ from pipeline.encoders.store_encoder import StoreEncoder
 from pipeline.envs.actions import action_dim
 from pipeline.envs.store_env import env_settings, make_pool
 from pipeline.errors import UserError
-from pipeline.provenance import code_version
 from pipeline.rollout import AgentActor, RandomActor, StepTimer, evaluate_agent, play_episodes, random_returns
 from pipeline.storage import embedding_store
 from pipeline.storage.atomic_files import write_bytes_atomic
 from pipeline.storage.checkpoint import load_checkpoint, restore_states, save_agent_checkpoint
 from pipeline.storage.live_metrics import open_live, read_summary
 from pipeline.storage.runs import (AGENT_CHECKPOINT, CHECKPOINT, EVALUATION_DIR, FINETUNE_DIR, FINETUNE_FILE,
-                                   LIVE_DIR, RUN_FILE, TIMING_DIR, path_to_record, read_yaml, recorded_path)
+                                   LIVE_DIR, RUN_FILE, TIMING_DIR, left_by_a_run, path_to_record, read_yaml,
+                                   recorded_path)
 from pipeline.storage.writer_lock import writer_lock
 from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
 from world_models.registry import compile_mode, make_agent, make_world_model, with_settings, world_model_config
@@ -145,7 +145,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, start: dict[str, Any], identity: d
     info = {"identity": identity, "store": path_to_record(start["store"], out), "encoder": attrs["encoder"],
             "encoder_weights_sha256": attrs["weights_sha256"], "properties": attrs["properties"],
             "env": settings["env"], "variant": settings["variant"], "finetune_config": config,
-            "pipeline_version": __version__, "code_version": code_version()}
+            "pipeline_version": __version__}
     eval_seeds = episode_seeds(cfg.seed, EVAL_STREAM, 0, cfg.eval_episodes)
     info["random_return"] = read_yaml(out / FINETUNE_FILE).get("random_return") or float(
         np.mean(random_returns(settings, settings["variant"], eval_seeds, max_steps)))
@@ -298,7 +298,7 @@ def _check_out_dir(out: Path, identity: dict) -> None:
         raise UserError(f"output '{out}' exists and is a file; choose another --out")
     info = read_yaml(out / FINETUNE_FILE)
     if not info:
-        if out.exists() and any(p.name not in (LIVE_DIR, EVALUATION_DIR) for p in out.iterdir()):
+        if out.exists() and not all(left_by_a_run(p, (EVALUATION_DIR,)) for p in out.iterdir()):
             raise UserError(f"output '{out}' holds files that are not a pvr-pipe fine-tune; choose another --out")
         return
     existing = info.get("identity", {})

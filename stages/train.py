@@ -24,13 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import __version__
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
-from pipeline.provenance import code_version
 from pipeline.storage.atomic_files import write_bytes_atomic
 from pipeline.storage.checkpoint import load_checkpoint, restore_training, save_checkpoint
 from pipeline.storage.embedding_store import arrays_sha256, read_store
 from pipeline.storage.live_metrics import open_live
 from pipeline.storage.runs import (CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE, TIMING_DIR,
-                                   path_to_record)
+                                   left_by_a_run, path_to_record)
 from pipeline.storage.writer_lock import writer_lock
 from pipeline.task_settings import task_settings
 from world_models.registry import compile_mode, make_world_model, world_model_config
@@ -92,8 +91,7 @@ def _train(cfg: TrainConfig, out: Path, model, optimizers, rng: np.random.Genera
                 "encoder_weights_sha256": attrs["weights_sha256"], "env": attrs["env"], "variant": attrs["variant"],
                 "source_dataset": attrs["source_dataset"], "properties": attrs["properties"],
                 "train_config": cfg.model_dump(mode="json", exclude={"out"}) | {"store": path_to_record(store, out)},
-                "pipeline_version": __version__,
-                "code_version": code_version()}
+                "pipeline_version": __version__}
     write_bytes_atomic(out / RUN_FILE, yaml.safe_dump(run_info, sort_keys=False).encode())
 
     live = open_live(out / LIVE_DIR, resume_from=start)
@@ -133,8 +131,7 @@ def _check_run_dir(out: Path, identity: dict) -> None:
         raise UserError(f"output '{out}' exists and is a file; choose another --out")
     run_file = out / RUN_FILE
     if not run_file.exists():
-        # Later stages' folders may outlive run.yaml: DVC removes a stage's own outputs before rerunning it.
-        if out.exists() and any(p.name not in (LIVE_DIR, QUALITY_DIR, FINETUNE_DIR) for p in out.iterdir()):
+        if out.exists() and not all(left_by_a_run(p, (QUALITY_DIR, FINETUNE_DIR)) for p in out.iterdir()):
             raise UserError(f"output '{out}' holds files that are not a pvr-pipe run; choose another --out")
         return
     existing = (yaml.safe_load(run_file.read_text()) or {}).get("identity", {})

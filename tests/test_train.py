@@ -206,3 +206,14 @@ def test_evaluate_model_into_a_path_under_a_file_is_one_line(linear_store, tmp_p
     assert_user_error(pvr_pipe("evaluate-model", "--run", run_dir, "--out", blocker / "quality"), "cannot",
                       str(blocker))
     assert blocker.read_text() == "keep me"
+
+
+def test_a_run_whose_outputs_dvc_removed_reruns_beside_its_logs_and_a_killed_commands_leftovers(linear_store,
+                                                                                               tmp_path):
+    run_dir = train_run(linear_store, tmp_path / "run", "tdmpc", updates=20)
+    for output in ("checkpoint.safetensors", "run.yaml"):     # what `dvc repro` removes before a rerun
+        (run_dir / output).unlink()
+    (run_dir / "finetune.lock").write_text("{}")              # a killed fine-tune's lock
+    (run_dir / "checkpoint.safetensors.partial").write_bytes(b"half")
+    train_run(linear_store, run_dir, "tdmpc", updates=20)
+    assert load_checkpoint(run_dir / "checkpoint.safetensors")["update"] == 20

@@ -120,7 +120,7 @@ def describe_store(url: str) -> dict[str, Any]:
         "precision": attrs["compute_precision"],
         "source": f"{attrs['source_dataset']} (manifest sha256 {attrs['source_manifest_sha256'][:12]})",
         "env": f"{attrs['env']} [{attrs['variant']}]",
-        "code_version": attrs["code_version"],
+        "pipeline_version": attrs.get("pipeline_version"),
     }
 
 

@@ -55,7 +55,6 @@ class TrajectoryManifest(BaseModel):
     shards: list[ShardRecord]
     config: dict[str, Any]
     pipeline_version: str
-    code_version: str
 
 
 def sha256_file(path: Path) -> str:

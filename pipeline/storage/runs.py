@@ -37,6 +37,12 @@ AGENT_CHECKPOINT = "agent.safetensors"
 EVALUATION_DIR = "evaluation"
 
 
+def left_by_a_run(path: Path, folders: tuple[str, ...]) -> bool:
+    """What a run's folder may still hold when its own outputs are gone (DVC removes them before
+    rerunning a stage): the folders of logs and later stages, a killed command's lock or half-written file."""
+    return path.name in (LIVE_DIR, TIMING_DIR, *folders) or path.suffix in (".lock", ".partial")
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 

@@ -67,7 +67,7 @@ def summarize(manifest: TrajectoryManifest) -> dict[str, Any]:
         "shards": len(manifest.shards),
         "bytes": sum(s.bytes for s in manifest.shards),
         "seed": manifest.seed,
-        "code_version": manifest.code_version,
+        "pipeline_version": manifest.pipeline_version,
     }
 
 
