@@ -228,12 +228,19 @@ def report(config_refs: tuple[str, ...], **options) -> None:
 @click.argument("study_file", type=click.Path(path_type=Path))
 @click.option("--set", "settings", metavar="KEY=VALUE", multiple=True,
               help="Change a value of the study first, e.g. --set 'study.envs=[pickcube]' (dotted key, YAML value).")
-@click.option("--run/--no-run", "run_pipeline", default=True, help="Run `dvc repro` after checking (default).")
-def study(study_file: Path, settings: tuple[str, ...], run_pipeline: bool) -> None:
+@click.option("--run/--no-run", "run_pipeline", default=True, help="Run its stages after checking (default).")
+@click.option("--workers", type=click.IntRange(min=1), help="Stages at once on a local Dask cluster (default: CPUs).")
+@click.option("--scheduler", metavar="ADDRESS", help="Run on this Dask scheduler instead, e.g. tcp://host:8786.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def study(study_file: Path, settings: tuple[str, ...], run_pipeline: bool, workers: int | None,
+          scheduler: str | None, quiet: bool) -> None:
     """Check a study file (envs, encoders and weights, world models, options), make it params.yaml, run it."""
     from stages import study as study_stage
 
-    study_stage.run(study_file, run_pipeline=run_pipeline, settings=list(settings))
+    if workers and scheduler:
+        raise UserError("--workers and --scheduler exclude each other: the scheduler's cluster has its own workers")
+    study_stage.run(study_file, run_pipeline=run_pipeline, settings=list(settings), workers=workers,
+                    scheduler=scheduler, show_progress=not quiet)
 
 
 @cli.command()

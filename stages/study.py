@@ -8,22 +8,26 @@ Before anything runs, every env and variant, every encoder and the availability 
 weights, every world model, preset and setting, and every stage's options are checked, so a
 study of many GPU hours does not fail on its last stage. The study then replaces
 `params.yaml` (comments kept when nothing is set; `git checkout params.yaml` returns to the
-default study) and `dvc repro` runs it.
+default study) and its DVC stages run as Dask tasks: on a local cluster of `--workers` processes,
+or on the cluster whose scheduler is at `--scheduler` (`pipeline.study_executor`). `dvc.lock`
+ends as a serial `dvc repro` would leave it.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.config import (CollectConfig, EncodeConfig, EvaluateConfig, EvaluateModelConfig, FinetuneConfig,
                              ReportConfig, TrainConfig)
 from pipeline.errors import UserError
 from pipeline.storage.atomic_files import write_bytes_atomic
+from pipeline.study_executor import StudyOutcome, open_client, run_study
+from pipeline.study_graph import StageGraph
 
 BLOCKS = ("study", "envs", "collect", "encode", "encoder_options", "train", "world_models", "finetune", "evaluate",
           "evaluate_model", "report")
@@ -124,7 +128,8 @@ def apply_settings(data: dict[str, Any], settings: list[str], source: str) -> di
 
 
 def run(path: Path, params: Path = Path("params.yaml"), run_pipeline: bool = True,
-        settings: list[str] | None = None) -> dict[str, int]:
+        settings: list[str] | None = None, workers: int | None = None, scheduler: str | None = None,
+        show_progress: bool = True) -> dict[str, int]:
     if not path.is_file():
         raise UserError(f"study file '{path}' not found; see configs/studies/")
     text = path.read_text()
@@ -141,8 +146,34 @@ def run(path: Path, params: Path = Path("params.yaml"), run_pipeline: bool = Tru
     print(f"{path}: {sum(stages.values())} stages ({', '.join(f'{n} {k}' for k, n in stages.items())}) "
           f"-> {params}", file=sys.stderr)
     if run_pipeline:
-        completed = subprocess.run([str(Path(sys.executable).with_name("dvc")), "repro"], cwd=params.parent)
-        if completed.returncode != 0:
-            raise UserError(f"dvc repro failed (exit {completed.returncode}); fix the error above and rerun "
-                            f"`dvc repro` (finished stages are kept)")
+        run_stages(params.parent, data, workers, scheduler, show_progress)
     return stages
+
+
+def run_stages(root: Path, params: dict[str, Any], workers: int | None, scheduler: str | None,
+               show_progress: bool) -> StudyOutcome:
+    """The study's stages on Dask (see `pipeline.study_executor`); a UserError naming any that failed."""
+    graph = StageGraph(root, params)
+    client = open_client(workers, scheduler)
+    columns = (TextColumn("study"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, disable=not show_progress) as progress:
+            bar = progress.add_task("study", total=len(graph.stages), counts="")
+
+            def show(counts: dict[str, int]) -> None:
+                progress.update(bar, completed=counts["done"], counts=", ".join(f"{n} {k}" for k, n in counts.items()))
+
+            outcome = run_study(graph, client, root, show)
+    finally:
+        client.close()
+        graph.close()
+    print(f"study: {len(outcome.ran)} stages ran, {len(outcome.up_to_date)} up to date, "
+          f"{len(outcome.failed)} failed, {len(outcome.not_run)} not run", file=sys.stderr)
+    if outcome.failed:
+        name, log = next(iter(outcome.failed.items()))
+        command = next(stage.cmd for stage in graph.stages if stage.name == name)
+        others = f" and {len(outcome.failed) - 1} more" if len(outcome.failed) > 1 else ""
+        raise UserError(f"stage {name}{others} failed: `{command}` (log: {log}); {len(outcome.not_run)} stages "
+                        "below it did not run; fix it and rerun the same command (finished stages are kept)")
+    return outcome
