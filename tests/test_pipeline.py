@@ -102,14 +102,18 @@ def test_tiny_study_runs_reruns_nothing_or_one_branch_and_is_shared_through_a_re
 
     # Share through a DVC remote: push, lose outputs and cache, pull, get the same bytes.
     outputs = ["data", "runs", "reports"]
-    before = {name: snapshot(repo / name) for name in outputs}
+
+    def tracked(name):   # wall-clock timing/ is a run's own, kept out of what DVC tracks and shares
+        return {path: digest for path, digest in snapshot(repo / name).items() if "/timing/" not in path}
+
+    before = {name: tracked(name) for name in outputs}
     sh("dvc", "remote", "add", "-d", "shared", repo.parent / "remote", cwd=repo)
     sh("dvc", "push", cwd=repo)
     for name in outputs:
         shutil.rmtree(repo / name)
     shutil.rmtree(repo / ".dvc/cache")
     sh("dvc", "pull", cwd=repo)
-    assert {name: snapshot(repo / name) for name in outputs} == before
+    assert {name: tracked(name) for name in outputs} == before
     assert ran_stages(sh("dvc", "repro", cwd=repo).stdout) == set()
 
 
