@@ -83,7 +83,8 @@ def run_study(graph: StageGraph, client, root: Path,
     waiting = {stage.name: stage for stage in graph.stages}
     finished: set[str] = set()
     running: dict[str, tuple[str, Path]] = {}
-    (root / LOG_DIR).mkdir(parents=True, exist_ok=True)
+    logs = root.resolve() / LOG_DIR   # absolute: a worker started elsewhere has another working folder
+    logs.mkdir(parents=True, exist_ok=True)
     futures = as_completed()
 
     def counts() -> dict[str, int]:
@@ -104,7 +105,7 @@ def run_study(graph: StageGraph, client, root: Path,
                     finished.add(name)
                     progressed = True
                     continue
-                log = root / LOG_DIR / f"{name}.log"
+                log = logs / f"{name}.log"
                 future = client.submit(run_stage_command, stage.cmd, stage.wdir, str(log), DRIVER_THREAD_SETTINGS,
                                        key=f"stage-{name}",
                                        pure=False, priority=-order[name],
@@ -127,8 +128,9 @@ def run_study(graph: StageGraph, client, root: Path,
             graph.record(name)
             outcome.ran.append(name)
             finished.add(name)
-        else:
-            outcome.failed[name] = str(log)
+        else:   # a nonzero exit, or the task itself failed on its worker (then no log may exist)
+            error = future.exception() if future.status == "error" else None
+            outcome.failed[name] = str(log) + (f" (the task failed: {error!r})" if error else "")
             drop_below(name)
         submit_ready()
     return outcome
