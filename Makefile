@@ -85,7 +85,7 @@ $(MS2_LAYER)/VkLayer_PVRPIPE_drop_external_semaphore_fd.json: $(MS2_LAYER_SOURCE
 	cp $(MS2_LAYER_SOURCE)/VkLayer_PVRPIPE_drop_external_semaphore_fd.json $@
 
 study: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pvr-pipe study params.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: setup
 	$(BIN)/python -m pytest -q
