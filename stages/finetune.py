@@ -158,7 +158,11 @@ def _finetune(cfg: FinetuneConfig, out: Path, start: dict[str, Any], identity: d
     resume_from = progress_state["env_steps"] if progress_state["rounds"] else 0
     live = open_live(out / LIVE_DIR, resume_from=resume_from)
     timing = open_live(out / TIMING_DIR, resume_from=resume_from)
-    timer = StepTimer(read_summary(out / TIMING_DIR).get("seconds") if resume_from else None)
+    timed = read_summary(out / TIMING_DIR) if resume_from else {}
+    timer = StepTimer(timed.get("seconds"))
+    # The steps the timer's seconds cover start here: a resumed run whose timing/ is gone (DVC does not
+    # track it, so a pull leaves it out) counts its seconds afresh from where it resumed.
+    timed_from = int(timed.get("timed_from_step", 0)) if timed else resume_from
     spec_out = {**spec, "preset": start["preset"]}
 
     with make_pool(settings, settings["variant"], cfg.num_envs, step_frames=encoder.reads == "image") as pool, \
@@ -224,7 +228,9 @@ def _finetune(cfg: FinetuneConfig, out: Path, start: dict[str, Any], identity: d
             timing.step = progress_state["env_steps"]
             for part, share in time_shares(timer.seconds).items():
                 timing.log_metric(f"{part}_share", share)
-            timing.log_metric("agent_steps_per_s", progress_state["env_steps"] / max(timer.seconds["round"], 1e-9))
+            timing.log_metric("agent_steps_per_s",
+                              (progress_state["env_steps"] - timed_from) / max(timer.seconds["round"], 1e-9))
+            timing.log_metric("timed_from_step", timed_from, plot=False)
             for part, seconds in timer.seconds.items():
                 timing.log_metric(f"seconds/{part}", seconds, plot=False)
             timing.make_summary()

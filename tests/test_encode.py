@@ -25,6 +25,12 @@ def dataset(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def vit_store(dataset, tmp_path_factory):
+    """A random-vit store of the dataset at the default options, for the tests that only read it."""
+    return run_encode(dataset, tmp_path_factory.mktemp("vit") / "s.zarr", model="random-vit")
+
+
 def run_encode(dataset, out, **options):
     cfg = EncodeConfig(dataset=str(dataset), out=str(out), **options)
     return encode.run(cfg, show_progress=False)
@@ -70,8 +76,8 @@ def test_cnn_embeddings_equal_a_direct_timm_forward(dataset, tmp_path):
     assert group.attrs["weights_source"] == "bundled" and len(group.attrs["weights_sha256"]) == 64
 
 
-def test_store_opens_with_plain_zarr_and_dask_without_pvr_pipe(dataset, tmp_path):
-    out = run_encode(dataset, tmp_path / "s.zarr", model="random-vit")
+def test_store_opens_with_plain_zarr_and_dask_without_pvr_pipe(vit_store, tmp_path):
+    out = vit_store
     program = f"""
 import sys, zarr, dask.array as da
 group = zarr.open_group({str(out)!r}, mode="r")
@@ -108,6 +114,7 @@ def store_bytes(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_dask_with_two_workers_gives_the_same_bytes(dataset, tmp_path):
     in_process = run_encode(dataset, tmp_path / "a.zarr", model="random-vit", threads=1)
     on_dask = run_encode(dataset, tmp_path / "b.zarr", model="random-vit", workers=2, threads=1)
@@ -136,14 +143,13 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path):
     assert not (tmp_path / "killed.zarr.partial").exists()
 
 
-def test_info_describes_a_store(dataset, tmp_path):
-    out = run_encode(dataset, tmp_path / "s.zarr", model="random-vit")
-    result = pvr_pipe("info", out, "--json")
+def test_info_describes_a_store(vit_store):
+    result = pvr_pipe("info", vit_store, "--json")
     assert result.returncode == 0, result.stderr
     assert '"encoder": "random-vit"' in result.stdout and "random-init" in result.stdout
 
 
-def test_bad_inputs(dataset, tmp_path, monkeypatch):
+def test_bad_inputs(dataset, vit_store, tmp_path, monkeypatch):
     monkeypatch.setenv("PVR_PIPE_WEIGHTS", str(tmp_path / "no-weights"))
     assert_user_error(pvr_pipe("encode", "--model", "dino", "--dataset", dataset), "unknown model 'dino'",
                       "dinov2", "random-vit")
@@ -154,15 +160,15 @@ def test_bad_inputs(dataset, tmp_path, monkeypatch):
     assert_user_error(pvr_pipe("encode", "--model", "pixels", "--dataset", tmp_path), "not a trajectory dataset")
     assert not (tmp_path / "r3m.zarr").exists() and not (tmp_path / "d.zarr.partial").exists()
 
-    store = run_encode(dataset, tmp_path / "vit.zarr", model="random-vit")
-    before = snapshot(tmp_path / "vit.zarr")
+    store = vit_store
+    before = snapshot(store)
     assert_user_error(pvr_pipe("encode", "--model", "pixels", "--dataset", dataset, "--out", store),
                       "another model", "random-vit")
     other = tmp_path / "other"
     collect_toy(other, episodes=2, max_steps=15, seed=9)
     assert_user_error(pvr_pipe("encode", "--model", "random-vit", "--dataset", other, "--out", store),
                       "another model, dataset", "source_manifest_sha256")
-    assert snapshot(tmp_path / "vit.zarr") == before
+    assert snapshot(store) == before
 
     small = timm.create_model("resnet18", pretrained=False, num_classes=0)
     torch.save({"r3m": {f"module.convnet.{k}": v for k, v in small.state_dict().items()}}, tmp_path / "rn18.pt")

@@ -124,12 +124,15 @@ def test_finetune_resumes_after_sigkill_as_if_never_interrupted(toy_run, tmp_pat
     process.wait()
     interrupted_at = load_checkpoint(killed / "agent.safetensors")["progress"]["env_steps"]
     assert 0 < interrupted_at < 100
+    shutil.rmtree(killed / "timing")      # untracked by DVC: a pull of the run leaves it out
     assert pvr_pipe(*finetune_args(run_dir, killed, steps=100), *flags, timeout=900).returncode == 0
     assert pvr_pipe(*finetune_args(run_dir, straight, steps=100), *flags, timeout=900).returncode == 0
     assert load_checkpoint(killed / "agent.safetensors")["progress"]["env_steps"] == 100
     # Every file DVC tracks, byte for byte; wall-clock timing lives apart, in timing/.
     assert tracked_files(killed) == tracked_files(straight)
     assert (killed / "timing/plots/metrics/agent_steps_per_s.tsv").is_file()
+    assert json.loads((killed / "timing/metrics.json").read_text())["timed_from_step"] == interrupted_at
+    assert json.loads((straight / "timing/metrics.json").read_text())["timed_from_step"] == 0
 
 
 def tracked_files(run_dir):
@@ -137,6 +140,7 @@ def tracked_files(run_dir):
             if path.is_file() and path.relative_to(run_dir).parts[0] != "timing"}
 
 
+@pytest.mark.slow
 def test_a_run_directory_works_from_any_folder_and_after_its_workspace_moves(toy_run, tmp_path):
     root, _ = toy_run
     workspace = tmp_path / "workspace"
@@ -222,7 +226,7 @@ def run_suite_through_every_stage(tmp_path, env_id, world_model, settings):
     return json.loads((tmp_path / "run/finetune/evaluation/metrics.json").read_text())
 
 
-@pytest.mark.parametrize("world_model", ["dreamer", "tdmpc"])
+@pytest.mark.parametrize("world_model", ["dreamer", pytest.param("tdmpc", marks=pytest.mark.slow)])
 def test_discrete_miniworld_runs_through_finetune_and_evaluate(tmp_path, world_model):
     settings = {"sequence_length": 8, "batch_size": 4} if world_model == "dreamer" else {"batch_size": 8}
     metrics = run_suite_through_every_stage(tmp_path, "miniworld/OneRoom-v0", world_model, settings)

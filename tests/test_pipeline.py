@@ -70,8 +70,8 @@ def branch(encoders, world_models, seeds) -> set[str]:
             for wm in world_models for seed in seeds}
 
 
-@pytest.mark.timeout(1200)   # 13 DVC stages; about 10 min when the machine is shared
-def test_tiny_study_runs_reruns_nothing_or_one_branch_and_is_shared_through_a_remote(repo_copy):
+@pytest.mark.timeout(1200)   # 13 DVC stages; about 8 min when the machine is shared
+def test_tiny_study_runs_reruns_nothing_and_is_shared_through_a_remote(repo_copy):
     repo = repo_copy
     params = make_tiny(repo, encoders=["pixels"], seeds=[0])
     stages = ran_stages(sh("dvc", "repro", cwd=repo).stdout)
@@ -90,10 +90,7 @@ def test_tiny_study_runs_reruns_nothing_or_one_branch_and_is_shared_through_a_re
     second = sh("dvc", "repro", cwd=repo)
     assert ran_stages(second.stdout) == set() and "up to date" in second.stdout
 
-    params["world_models"]["tdmpc"]["settings"]["lr"] = 1e-3          # one world model's setting: its branch only
-    write_params(repo, params)
-    assert ran_stages(sh("dvc", "repro", cwd=repo).stdout) == branch(["pixels"], ["tdmpc"], [0]) | {"report"}
-
+    # (that a changed setting reruns only its branch: the slow test below)
     metrics = sh("dvc", "metrics", "show", cwd=repo).stdout
     assert "quality/metrics.json" in metrics and "live/metrics.json" in metrics
     assert "evaluation/metrics.json" in metrics and "finetune/live/metrics.json" in metrics
