@@ -1,7 +1,7 @@
 """The study on Dask against a serial `dvc repro`, from the same state: wall time and dvc.lock hashes.
 
-Three copies of the workspace as it is now (tracked and unignored files, no data, no cache) each
-run one study from nothing: with `dvc repro`; with `pvr-pipe study --workers N` (a local cluster);
+Three copies of the workspace as it is now (tracked and unignored files; no dvc.lock, data or
+cache) each run one study from nothing: with `dvc repro`; with `pvr-pipe study --workers N` (a local cluster);
 and with `pvr-pipe study --scheduler ADDRESS` against a scheduler and N workers started apart with
 the `dask` CLI on loopback, as on other machines. Prints JSON with the wall times, the ratio
 `dask_over_serial` (local cluster over serial; target <= 0.8 on 2 cores), whether every stage's
@@ -35,7 +35,7 @@ def copy_workspace(root: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     for file in files:
-        if (REPO / file).is_file() and not file.startswith("benchmarks/results/"):
+        if (REPO / file).is_file() and not file.startswith("benchmarks/results/") and file != "dvc.lock":
             (root / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / file, root / file)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
