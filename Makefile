@@ -84,8 +84,10 @@ $(MS2_LAYER)/VkLayer_PVRPIPE_drop_external_semaphore_fd.json: $(MS2_LAYER_SOURCE
 		-o $(MS2_LAYER)/libVkLayer_PVRPIPE_drop_external_semaphore_fd.so $<
 	cp $(MS2_LAYER_SOURCE)/VkLayer_PVRPIPE_drop_external_semaphore_fd.json $@
 
+# The default study's stages as Dask tasks, two at a time on a 2-core machine (README: the study
+# on many machines); `dvc repro` runs the same stages one at a time and leaves the same dvc.lock.
 study: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pvr-pipe study params.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q
