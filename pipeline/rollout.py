@@ -196,9 +196,10 @@ def random_returns(settings: dict, variant: str, seeds: list[int], max_steps: in
 
 def evaluate_agent(agent, pool: EnvPool, encoder: StoreEncoder, seeds: list[int], max_steps: int | None,
                    device: str, rng_seed: int):
-    """Episodes without exploration, on their own RNG: evaluating never changes training."""
+    """Episodes without exploration, on their own RNG (torch's, and the agent's own generators):
+    evaluating never changes training."""
     episodes = []
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), agent.forked_noise(rng_seed):
         torch.manual_seed(rng_seed)
         for first in range(0, len(seeds), pool.count):
             batch = seeds[first:first + pool.count]

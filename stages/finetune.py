@@ -116,7 +116,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, start: dict[str, Any], identity: d
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     world_model = make_world_model(spec["world_model"], spec["config"], spec["feature"], spec["feature_shape"],
-                                   spec["action_dim"], spec.get("discrete_actions", False))
+                                   spec["action_dim"], spec.get("discrete_actions", False), seeds=(cfg.seed,))
     wm_cfg = world_model.cfg
     agent = make_agent(world_model).to(cfg.device).train()
     if cfg.compile:

@@ -66,7 +66,7 @@ def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
     replay = Replay(arrays, episode_start, feature).select_episodes(train_ids)
     replay.window_starts(wm_config.sequence_length)   # fails early if episodes are too short
     model = make_world_model(cfg.world_model, wm_config, feature, spec["feature_shape"], spec["action_dim"],
-                             spec["discrete_actions"])
+                             spec["discrete_actions"], seeds=(cfg.seed,))
     model = model.to(cfg.device).train()
     if cfg.compile:
         model.compile(compile_mode(cfg.device))

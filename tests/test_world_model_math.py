@@ -63,18 +63,25 @@ def test_simnorm_groups_sum_to_one():
     torch.testing.assert_close(y.reshape(3, 5, 8, 8).sum(-1), torch.ones(3, 5, 8))
 
 
-def test_mlp_and_ensemble_shapes_and_independent_members():
-    from world_models.layers import EnsembleMLP, mlp
+def test_a_stacked_mlp_copy_is_the_plain_mlp_with_that_copys_weights():
+    from world_models.layers import StackedMLP
 
-    torch.manual_seed(0)
-    net = mlp(12, [32, 32], 5, dropout=0.01)
-    assert net(torch.randn(7, 12)).shape == (7, 5)
-    q = EnsembleMLP(5, 12, [16], 1)
-    x = torch.randn(3, 4, 12)
+    g = torch.Generator().manual_seed(0)
+    q = StackedMLP((2, 5), 12, [16], 3)
+    with torch.no_grad():
+        for p in q.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.randn(2, 5, 3, 4, 12, generator=g)
     out = q(x)
-    assert out.shape == (5, 3, 4, 1)
-    assert not torch.allclose(out[0], out[1])  # members are initialised independently
-    # Member k is the plain MLP with member k's weights: Linear -> LayerNorm -> Mish -> Linear.
-    linear, norm, out_layer = q.hidden[0], q.hidden[1], q.output
-    hidden = F.mish(F.layer_norm(x @ linear.weight[2] + linear.bias[2], (16,)) * norm.weight[2] + norm.bias[2])
-    torch.testing.assert_close(out[2], hidden @ out_layer.weight[2] + out_layer.bias[2])
+    assert out.shape == (2, 5, 3, 4, 3)
+    assert not torch.allclose(out[1, 0], out[1, 1])
+    # Copy (1, 2) is Linear -> LayerNorm -> Mish -> Linear with its own weights.
+    (first, last), norm = q.linears, q.norms[0]
+    hidden = F.mish(F.layer_norm(x[1, 2] @ first.weight[1, 2] + first.bias[1, 2], (16,)) * norm.weight[1, 2]
+                    + norm.bias[1, 2])
+    torch.testing.assert_close(out[1, 2], hidden @ last.weight[1, 2] + last.bias[1, 2])
+    mask = (torch.rand(2, 5, 3, 4, 16, generator=g) > 0.5).float() * 2
+    dropped = q(x, dropout_mask=mask)
+    hidden = F.mish(F.layer_norm((x[0, 1] @ first.weight[0, 1] + first.bias[0, 1]) * mask[0, 1], (16,))
+                    * norm.weight[0, 1] + norm.bias[0, 1])
+    torch.testing.assert_close(dropped[0, 1], hidden @ last.weight[0, 1] + last.bias[0, 1])

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,10 @@ class DreamerAgent(nn.Module):
         return two_hot_decode(F.softmax(logits, -1), self.world_model.bins)
 
     # -- acting ----------------------------------------------------------------------------------
+    def forked_noise(self, seed: int):
+        """Acting draws from torch's global generator, which the caller forks: nothing to do here."""
+        return nullcontext()
+
     def initial_state(self, batch: int) -> dict[str, torch.Tensor]:
         deter, stoch = self.world_model.rssm.initial(batch)
         return {"deter": deter, "stoch": stoch, "action": torch.zeros(batch, self.action_dim, device=deter.device)}

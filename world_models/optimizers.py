@@ -57,3 +57,20 @@ class LaProp(torch.optim.Optimizer):
             rates = [-group["lr"] * (min(1.0, (step - 1) / group["warmup"]) if group["warmup"] else 1.0)
                      / (1 - beta1 ** step) for step in steps]
             torch._foreach_add_(params, torch._foreach_mul(exp_avg, rates))
+
+
+@torch.no_grad()
+def clip_grad_norm_per_seed(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` for stacked weights: the norm is taken over each seed's
+    slice (the leading axis) of all the gradients and each seed's gradients are scaled by their
+    own factor. Returns the norms, (seeds,)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    seeds = grads[0].shape[0]
+    # Reduced along rows, one row per seed: a reduction down the columns of a (n, seeds) tensor
+    # rounds differently with the number of seeds.
+    norms = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.reshape(seeds, -1), dim=1) for g in grads], dim=1), dim=1)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(seeds, *[1] * (g.dim() - 1)))
+    return norms

@@ -73,10 +73,16 @@ def with_settings(name: str, config: dict[str, Any], settings: dict[str, Any]) -
 
 
 def make_world_model(name: str, config, feature: str, feature_shape: tuple[int, ...], action_dim: int,
-                     discrete_actions: bool = False) -> nn.Module:
+                     discrete_actions: bool = False, seeds: tuple[int, ...] = (0,)) -> nn.Module:
+    """A freshly initialised world model. tdmpc holds a copy per seed in `seeds`, each initialised
+    from its seed; dreamer holds one, initialised from torch's global generator."""
     model_class, config_class, _ = WORLD_MODELS[name]
     if isinstance(config, dict):
         config = config_class(**config)
+    if name == "tdmpc":
+        return model_class(feature, tuple(feature_shape), action_dim, config, discrete_actions, seeds=tuple(seeds))
+    if len(seeds) != 1:
+        raise WorldModelError(f"{name} trains one seed per model; run its seeds one by one")
     return model_class(feature, tuple(feature_shape), action_dim, config, discrete_actions)
 
 

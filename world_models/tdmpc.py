@@ -12,6 +12,13 @@ dimension. Pixels are shifted at random (up to 3 px, DrQ's augmentation) in trai
 Initialisation as TD-MPC2: truncated normal (std 0.02) linear weights, zero biases, zero reward
 and Q output layers. Arrays follow the RLDS convention: action[t] is taken at frame t and
 reward[t + 1] is what it earns.
+
+One model holds `seeds`: a copy of every weight per seed (world_models/layers.py), trained
+together in one update whose kernels are shared by all of them, as TD-MPC2 batches its
+Q-ensemble. Every tensor the model takes or gives has a leading seed axis; seed k's losses,
+gradients, clipping, optimiser steps and random numbers (world_models/seed_noise.py) are its own,
+so it learns bit for bit as it would alone. `train_step` is the one-seed interface the stages
+share with dreamer.
 """
 
 from __future__ import annotations
@@ -24,8 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_models.layers import EnsembleLinear, EnsembleMLP, mlp
+from world_models.errors import WorldModelError
+from world_models.layers import StackedConv2d, StackedLinear, StackedMLP
 from world_models.math import simnorm, soft_cross_entropy, symexp, symlog, tdmpc_bins, two_hot, two_hot_decode
+from world_models.optimizers import clip_grad_norm_per_seed
+from world_models.seed_noise import SeedNoise
 
 
 @dataclass(frozen=True)
@@ -96,19 +106,26 @@ def heuristic_discount(episode_length: float, denominator: float = 5.0, low: flo
     return float(min(max((frac - 1) / frac, low), high)) if frac > 1 else low
 
 
-def init_weights(module: nn.Module) -> None:
-    """TD-MPC2's initialisation of linear layers: truncated normal weights (std 0.02), zero biases."""
-    if isinstance(module, (nn.Linear, EnsembleLinear)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        nn.init.zeros_(module.bias)
+@torch.no_grad()
+def init_weights(model: nn.Module, generators: list[torch.Generator]) -> None:
+    """TD-MPC2's initialisation, each seed's copy from that seed's generator: truncated normal
+    linear weights (std 0.02) and zero biases; convolutions as torch's Conv2d initialises them."""
+    for module in model.modules():
+        for k, generator in enumerate(generators):
+            if isinstance(module, StackedLinear):
+                nn.init.trunc_normal_(module.weight[k], std=0.02, generator=generator)
+            elif isinstance(module, StackedConv2d):
+                nn.init.kaiming_uniform_(module.weight[k], a=math.sqrt(5), generator=generator)
+                fan_in = module.weight[k][0].numel()
+                nn.init.uniform_(module.bias[k], -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=generator)
 
 
-def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
-    """(N, C, H, W) float images, each moved by a random whole number of pixels in [-pad, pad] along
-    each axis, edges replicated: DrQ's shift, which TD-MPC2 applies to every pixel batch."""
+def random_shift(images: torch.Tensor, pad: int, shift: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) float images, image i moved by `shift[i]` (whole pixels in [0, 2 pad], so
+    [-pad, pad] about the centre) along each axis, edges replicated: DrQ's shift, which TD-MPC2
+    applies to every pixel batch."""
     n, c, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    shift = torch.randint(0, 2 * pad + 1, (n, 2), device=images.device)
     rows = (torch.arange(h, device=images.device) + shift[:, :1])[:, None, :, None]
     cols = (torch.arange(w, device=images.device) + shift[:, 1:])[:, None, None, :]
     return padded[torch.arange(n, device=images.device)[:, None, None, None],
@@ -125,54 +142,64 @@ class SimNorm(nn.Module):
 
 
 class PixelStackEncoder(nn.Module):
-    """(stack, 3, 64, 64) uint8 frames -> latent: TD-MPC2's four-layer conv encoder, SimNorm on its
-    flattened output (num_channels x 4 x 4)."""
+    """(seeds, ..., stack, 3, 64, 64) uint8 frames -> (seeds, ..., latent): TD-MPC2's four-layer
+    conv encoder per seed, SimNorm on its flattened output (num_channels x 4 x 4)."""
 
-    def __init__(self, stack: int, channels: int, simnorm_dim: int):
+    def __init__(self, seeds: int, stack: int, channels: int, simnorm_dim: int):
         super().__init__()
         self.out_features = channels * 4 * 4
-        self.net = nn.Sequential(
-            nn.Conv2d(3 * stack, channels, 7, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 5, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=1), nn.Flatten(), SimNorm(simnorm_dim))
+        self.convs = nn.ModuleList([StackedConv2d(seeds, 3 * stack, channels, 7, stride=2),
+                                    StackedConv2d(seeds, channels, channels, 5, stride=2),
+                                    StackedConv2d(seeds, channels, channels, 3, stride=2),
+                                    StackedConv2d(seeds, channels, channels, 3, stride=1)])
+        self.simnorm = SimNorm(simnorm_dim)
 
-    def forward(self, frames: torch.Tensor, shift_pad: int = 0) -> torch.Tensor:
-        lead = frames.shape[:-4]
-        x = frames.reshape(-1, frames.shape[-4] * 3, 64, 64).float()
-        if shift_pad:
-            x = random_shift(x, shift_pad)
-        return self.net(x / 255.0 - 0.5).reshape(*lead, -1)
+    def forward(self, frames: torch.Tensor, shift_pad: int = 0, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """`shift`: (seeds, N, 2) whole-pixel shifts of the N = prod(...) images, or None for none."""
+        seeds, lead = frames.shape[0], frames.shape[1:-4]
+        x = frames.reshape(seeds, -1, frames.shape[-4] * 3, 64, 64).float()
+        if shift is not None:
+            x = random_shift(x.flatten(0, 1), shift_pad, shift.flatten(0, 1)).view_as(x)
+        x = x / 255.0 - 0.5
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.convs) - 1:
+                x = F.relu(x)
+        return self.simnorm(x.flatten(2)).reshape(seeds, *lead, -1)
 
 
 class TDMPCWorldModel(nn.Module):
     def __init__(self, feature: str, feature_shape: tuple[int, ...], action_dim: int, cfg: TDMPCConfig,
-                 discrete_actions: bool = False):
+                 discrete_actions: bool = False, seeds: tuple[int, ...] = (0,)):
         super().__init__()
         self.cfg = cfg
         self.action_dim = action_dim
         self.discrete_actions = discrete_actions
         self.pixels = feature == "pixels"
+        self.seeds = tuple(seeds)
+        self.noise = SeedNoise(self.seeds)
+        count, stack = len(self.seeds), (len(self.seeds),)
         hidden = [cfg.mlp_dim, cfg.mlp_dim]
         if self.pixels:
-            self.encoder = PixelStackEncoder(cfg.frame_stack, cfg.num_channels, cfg.simnorm_dim)
+            self.encoder = PixelStackEncoder(count, cfg.frame_stack, cfg.num_channels, cfg.simnorm_dim)
             latent = self.encoder.out_features
         else:
             latent = cfg.latent_dim
-            self.encoder = mlp(cfg.frame_stack * feature_shape[0], [cfg.enc_dim] * max(cfg.num_enc_layers - 1, 1),
-                               latent, SimNorm(cfg.simnorm_dim))
+            self.encoder = StackedMLP(stack, cfg.frame_stack * feature_shape[0],
+                                      [cfg.enc_dim] * max(cfg.num_enc_layers - 1, 1), latent, SimNorm(cfg.simnorm_dim))
         self.latent_dim = latent
-        self.dynamics = mlp(latent + action_dim, hidden, latent, SimNorm(cfg.simnorm_dim))
-        self.reward_head = mlp(latent + action_dim, hidden, 101)
-        self.termination_head = mlp(latent, hidden, 1) if cfg.episodic else None
-        self.policy = mlp(latent, hidden, 2 * action_dim)
-        self.q = EnsembleMLP(cfg.num_q, latent + action_dim, hidden, 101, dropout=cfg.dropout)
-        self.apply(init_weights)
-        for head in (self.reward_head[-1], self.q.output):
-            nn.init.zeros_(head.weight)
-        self.target_q = copy.deepcopy(self.q).requires_grad_(False).eval()
+        self.dynamics = StackedMLP(stack, latent + action_dim, hidden, latent, SimNorm(cfg.simnorm_dim))
+        self.reward_head = StackedMLP(stack, latent + action_dim, hidden, 101)
+        self.termination_head = StackedMLP(stack, latent, hidden, 1) if cfg.episodic else None
+        self.policy = StackedMLP(stack, latent, hidden, 2 * action_dim)
+        self.q = StackedMLP((count, cfg.num_q), latent + action_dim, hidden, 101)
+        init_weights(self, self.noise.init_generators)
+        with torch.no_grad():
+            for head in (self.reward_head.linears[-1], self.q.linears[-1]):
+                head.weight.zero_()
+        self.target_q = copy.deepcopy(self.q).requires_grad_(False)
         self.register_buffer("bins", tdmpc_bins())
-        self.register_buffer("q_scale", torch.ones(()))   # running 5-95 percentile range of Q
+        self.register_buffer("q_scale", torch.ones(count))   # running 5-95 percentile range of Q, per seed
         self.discount = cfg.discount
         self._losses, self._policy_objective = self.losses, self.policy_objective
 
@@ -182,17 +209,24 @@ class TDMPCWorldModel(nn.Module):
         self._losses = torch.compile(self.losses, mode=mode, fullgraph=True)
         self._policy_objective = torch.compile(self.policy_objective, mode=mode, fullgraph=True)
 
-    def train(self, mode: bool = True) -> "TDMPCWorldModel":
-        super().train(mode)
-        self.target_q.train(False)    # TD targets without dropout
-        return self
+    def get_extra_state(self) -> dict[str, list[torch.Tensor]]:
+        return {"noise": self.noise.state()}
 
-    # -- the model ------------------------------------------------------------------------------
-    def encode(self, obs: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        """(..., stack, D) embeddings or (..., stack, 3, 64, 64) frames -> (..., latent); `augment`
-        shifts pixels at random (training batches)."""
+    def set_extra_state(self, state: dict[str, list[torch.Tensor]]) -> None:
+        self.noise.load_state(state["noise"])
+
+    def single_seed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A batch of the one-seed interface, with the seed axis the model computes on."""
+        if len(self.seeds) != 1:
+            raise WorldModelError(f"this tdmpc model holds {len(self.seeds)} seeds; give every input a seed axis")
+        return {key: value.unsqueeze(0) for key, value in batch.items()}
+
+    # -- the model (every tensor: (seeds, ...)) --------------------------------------------------
+    def encode(self, obs: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """(seeds, ..., stack, D) embeddings or (seeds, ..., stack, 3, 64, 64) frames -> (seeds, ..., latent);
+        `shift` moves pixels (training batches' augmentation)."""
         if self.pixels:
-            return self.encoder(obs, self.cfg.shift_pad if augment else 0)
+            return self.encoder(obs, self.cfg.shift_pad, shift)
         return self.encoder(obs.flatten(-2))
 
     def model_action(self, action: torch.Tensor) -> torch.Tensor:
@@ -218,128 +252,164 @@ class TDMPCWorldModel(nn.Module):
             return torch.zeros(z.shape[:-1], device=z.device)
         return torch.sigmoid(self.termination_head(z).squeeze(-1))
 
-    def act(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A sample of the policy prior (tanh-squashed Gaussian) and its entropy as TD-MPC2's policy
-        loss weighs it: scaled by the action dimension through the ratio of the Gaussian's
-        log-probability to the squashed one's."""
+    def act(self, z: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sample of the policy prior (tanh-squashed Gaussian; `noise`: standard normal, shaped
+        as the action) and its entropy as TD-MPC2's policy loss weighs it: scaled by the action
+        dimension through the ratio of the Gaussian's log-probability to the squashed one's."""
         mean, log_std = self.policy(z).chunk(2, -1)
         log_std = self.cfg.log_std_min + 0.5 * (self.cfg.log_std_max - self.cfg.log_std_min) * (torch.tanh(log_std) + 1)
-        noise = torch.randn_like(mean)
         gaussian_log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         action = torch.tanh(mean + noise * log_std.exp())
         log_prob = gaussian_log_prob - torch.log(F.relu(1 - action.pow(2)) + 1e-6).sum(-1)
         scaled_entropy = -log_prob * (gaussian_log_prob * self.action_dim) / (log_prob + 1e-8)
         return action, scaled_entropy
 
-    def q_value(self, z: torch.Tensor, action: torch.Tensor, target: bool = False, reduce: str = "min") -> torch.Tensor:
-        """Two randomly chosen ensemble members, decoded; their min (for targets) or mean."""
-        logits = (self.target_q if target else self.q)(torch.cat([z, self.model_action(action)], -1))
-        pair = torch.randperm(self.cfg.num_q, device=z.device)[:2]
-        values = symexp(two_hot_decode(F.softmax(logits[pair], -1), self.bins))
-        return values.min(0).values if reduce == "min" else values.mean(0)
+    def q_value(self, z: torch.Tensor, action: torch.Tensor, pair: torch.Tensor, target: bool = False,
+                reduce: str = "min", dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The ensemble members `pair` (seeds, 2) of each seed, decoded; their min (for targets) or mean."""
+        x = torch.cat([z, self.model_action(action)], -1)
+        logits = (self.target_q if target else self.q)(x.unsqueeze(1).expand(x.shape[0], self.cfg.num_q, *x.shape[1:]),
+                                                       dropout_mask)
+        chosen = logits[torch.arange(len(pair), device=z.device)[:, None], pair]      # (seeds, 2, ..., bins)
+        values = symexp(two_hot_decode(F.softmax(chosen, -1), self.bins))
+        return values.min(1).values if reduce == "min" else values.mean(1)
 
     # -- training --------------------------------------------------------------------------------
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         encoder = list(self.encoder.parameters())
         rest = [p for name, p in self.named_parameters()
                 if not name.startswith(("encoder.", "policy.", "target_q.")) and p.requires_grad]
-        # fused: one kernel for all tensors (on the CPU torch's default is a Python loop over them)
+        # foreach, not fused: the fused CPU kernel rounds a tensor differently with its length, so a
+        # seed would not learn as it does alone
         return {"model": torch.optim.Adam([{"params": encoder, "lr": self.cfg.lr * self.cfg.enc_lr_scale},
-                                           {"params": rest}], lr=self.cfg.lr, fused=True),
-                "policy": torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr, eps=1e-5, fused=True)}
+                                           {"params": rest}], lr=self.cfg.lr, foreach=True),
+                "policy": torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr, eps=1e-5, foreach=True)}
 
-    def losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Consistency, reward, value (and termination) losses over the horizon; also the H+1
-        latents of the rollout (the policy prior trains on them)."""
+    def update_noise(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every random number of one update, from each seed's generator."""
+        cfg, device = self.cfg, batch["obs"].device
+        size, horizon, noise = batch["obs"].shape[1], cfg.horizon, self.noise
+        drawn = {"next_action": noise.normal((size, horizon, self.action_dim), device),
+                 "target_pair": noise.pairs(cfg.num_q, device),
+                 "policy_action": noise.normal((size, horizon + 1, self.action_dim), device),
+                 "policy_pair": noise.pairs(cfg.num_q, device)}
+        if self.pixels and cfg.shift_pad:
+            drawn["next_shift"] = noise.integers(2 * cfg.shift_pad + 1, (size * horizon, 2), device)
+            drawn["shift"] = noise.integers(2 * cfg.shift_pad + 1, (size, 2), device)
+        if self.training and cfg.dropout:
+            drawn["q_dropout"] = noise.dropout_mask(cfg.dropout, (cfg.num_q, size, horizon, cfg.mlp_dim), device)
+            drawn["policy_dropout"] = noise.dropout_mask(cfg.dropout, (cfg.num_q, size, horizon + 1, cfg.mlp_dim),
+                                                         device)
+        return drawn
+
+    def losses(self, batch: dict[str, torch.Tensor],
+               noise: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Per seed, (seeds,): the consistency, reward, value (and termination) losses over the
+        horizon and their weighted total; also the H+1 latents of the rollout (the policy prior
+        trains on them)."""
         cfg, horizon = self.cfg, self.cfg.horizon
-        obs, action = batch["obs"], batch["action"][:, :horizon]
-        reward, done = batch["reward"][:, 1:], batch["is_terminal"][:, 1:].float()
+        obs, action = batch["obs"], batch["action"][:, :, :horizon]
+        reward, done = batch["reward"][:, :, 1:], batch["is_terminal"][:, :, 1:].float()
         with torch.no_grad():
-            next_z = self.encode(obs[:, 1:], augment=True)
-            next_action, _ = self.act(next_z)
-            td_target = reward + self.discount * (1 - done) * self.q_value(next_z, next_action, target=True)
-        z = self.encode(obs[:, 0], augment=True)
-        latent_std = z.detach().std(0).mean()
+            next_z = self.encode(obs[:, :, 1:], noise.get("next_shift"))
+            next_action, _ = self.act(next_z, noise["next_action"])
+            td_target = reward + self.discount * (1 - done) * self.q_value(next_z, next_action, noise["target_pair"],
+                                                                           target=True)
+        z = self.encode(obs[:, :, 0], noise.get("shift"))
+        latent_std = z.detach().transpose(1, 2).contiguous().std(-1).mean(-1)
         latents, consistency = [z], 0.0
         weights = cfg.rho ** torch.arange(horizon, dtype=torch.float32, device=obs.device)
         for t in range(horizon):
-            z = self.next(z, action[:, t])
-            consistency = consistency + weights[t] * F.mse_loss(z, next_z[:, t])
+            z = self.next(z, action[:, :, t])
+            consistency = consistency + weights[t] * (z - next_z[:, :, t]).pow(2).mean((1, 2))
             latents.append(z)
-        latents = torch.stack(latents, 1)                           # (B, H+1, latent)
-        rolled = latents[:, :-1]
+        latents = torch.stack(latents, 2)                           # (seeds, B, H+1, latent)
+        rolled = latents[:, :, :-1]
         reward_ce = soft_cross_entropy(self.reward_logits(rolled, action), two_hot(symlog(reward), self.bins))
-        q_logits = self.q(torch.cat([rolled, action], -1))          # (num_q, B, H, bins)
-        value_ce = soft_cross_entropy(q_logits, two_hot(symlog(td_target), self.bins).unsqueeze(0))
+        q_input = torch.cat([rolled, action], -1)
+        q_logits = self.q(q_input.unsqueeze(1).expand(q_input.shape[0], cfg.num_q, *q_input.shape[1:]),
+                          noise.get("q_dropout"))                   # (seeds, num_q, B, H, bins)
+        value_ce = soft_cross_entropy(q_logits, two_hot(symlog(td_target), self.bins).unsqueeze(1))
+        # Means over the batch as sums over each seed's whole row: a reduction across rows (the
+        # batch axis, here) can round differently with the number of seeds, a row's sum cannot.
         parts = {"consistency": consistency / horizon,
-                 "reward": (reward_ce.mean(0) * weights).sum() / horizon,
-                 "value": (value_ce.mean(1) * weights).sum() / (horizon * cfg.num_q)}
+                 "reward": (reward_ce * weights).flatten(1).sum(-1) / (reward_ce.shape[1] * horizon),
+                 "value": (value_ce * weights).flatten(1).sum(-1) / (value_ce.shape[2] * horizon * cfg.num_q)}
         total = cfg.consistency_coef * parts["consistency"] + cfg.reward_coef * parts["reward"] + cfg.value_coef * parts["value"]
         if self.termination_head is not None:
             parts["termination"] = F.binary_cross_entropy_with_logits(
-                self.termination_head(latents[:, 1:]).squeeze(-1), done)
+                self.termination_head(latents[:, :, 1:]).squeeze(-1), done, reduction="none").mean((1, 2))
             total = total + cfg.termination_coef * parts["termination"]
         parts["latent_std"] = latent_std
         return total, parts, latents
 
-    def train_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        total, parts, latents = self._losses(batch)
+    def update(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> list[dict[str, float]]:
+        """One update of every seed on its own batch (seeds, B, ...); each seed's metrics."""
+        noise = self.update_noise(batch)
+        total, parts, latents = self._losses(batch, noise)
         optimizers["model"].zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizers["model"].param_groups for p in g["params"]], self.cfg.grad_clip_norm, foreach=True)
+        total.sum().backward()      # seeds share no weights: each gets the gradient of its own loss
+        grad_norm = clip_grad_norm_per_seed(
+            [p for g in optimizers["model"].param_groups for p in g["params"]], self.cfg.grad_clip_norm)
         optimizers["model"].step()
-        policy_loss = self.policy_step(latents.detach(), optimizers["policy"])
+        policy_loss = self.policy_step(latents.detach(), noise, optimizers["policy"])
         self.update_target()
-        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in parts.items()},
-                "policy": policy_loss, "grad_norm": float(grad_norm)}
+        named = {"loss": total, **parts, "policy": policy_loss, "grad_norm": grad_norm}
+        rows = torch.stack([value.detach() for value in named.values()], 1).tolist()   # one host sync
+        return [dict(zip(named, row)) for row in rows]
 
-    def policy_objective(self, latents: torch.Tensor) -> torch.Tensor:
-        """The policy prior's loss on the rollout's latents: Q scaled by its running 5-95 percentile
-        range, plus the scaled entropy, weighted by rho^t (updates the range in place)."""
-        action, scaled_entropy = self.act(latents)
-        q = self.q_value(latents, action, reduce="mean")
+    def train_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        """One update of a one-seed model on a batch without the seed axis (the stages' interface)."""
+        return self.update(self.single_seed(batch), optimizers)[0]
+
+    def policy_objective(self, latents: torch.Tensor, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per seed, the policy prior's loss on the rollout's latents: Q scaled by its running 5-95
+        percentile range, plus the scaled entropy, weighted by rho^t (updates the range in place)."""
+        action, scaled_entropy = self.act(latents, noise["policy_action"])
+        q = self.q_value(latents, action, noise["policy_pair"], reduce="mean", dropout_mask=noise.get("policy_dropout"))
         with torch.no_grad():
-            spread = torch.quantile(q[:, 0], torch.tensor([0.05, 0.95], device=q.device)).diff()[0]
+            spread = torch.quantile(q[:, :, 0], torch.tensor([0.05, 0.95], device=q.device), dim=1).diff(dim=0)[0]
             self.q_scale.lerp_(spread.clamp(min=1.0), self.cfg.tau)
-        weights = self.cfg.rho ** torch.arange(latents.shape[1], dtype=torch.float32, device=latents.device)
-        return (-(self.cfg.entropy_coef * scaled_entropy + q / self.q_scale).mean(0) * weights).mean()
+        weights = self.cfg.rho ** torch.arange(latents.shape[2], dtype=torch.float32, device=latents.device)
+        return -((self.cfg.entropy_coef * scaled_entropy + q / self.q_scale[:, None, None]) * weights).flatten(1).mean(-1)
 
-    def policy_step(self, latents: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+    def policy_step(self, latents: torch.Tensor, noise: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer) -> torch.Tensor:
         self.q.requires_grad_(False)
-        loss = self._policy_objective(latents)
+        loss = self._policy_objective(latents, noise)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip_norm, foreach=True)
+        loss.sum().backward()
+        clip_grad_norm_per_seed(list(self.policy.parameters()), self.cfg.grad_clip_norm)
         optimizer.step()
         self.q.requires_grad_(True)
-        return float(loss.detach())
+        return loss.detach()
 
     @torch.no_grad()
     def update_target(self) -> None:
         torch._foreach_lerp_(list(self.target_q.parameters()), list(self.q.parameters()), self.cfg.tau)
 
-    # -- model-quality metrics -------------------------------------------------------------------
+    # -- model-quality metrics (one-seed models, batches without the seed axis) ------------------
     @torch.no_grad()
     def open_loop(self, batch: dict[str, torch.Tensor], context: int = 1) -> dict[str, torch.Tensor]:
         """From the latent of frame `context - 1`, roll the dynamics under the true actions and
         compare with the encoder's latents (MSE over latent dims, per horizon step), and the same
         for a baseline that copies the starting latent."""
-        start = context - 1
-        z = self.encode(batch["obs"][:, start])
-        targets = self.encode(batch["obs"][:, start + 1:])
+        batch, start = self.single_seed(batch), context - 1
+        z = self.encode(batch["obs"][:, :, start])
+        targets = self.encode(batch["obs"][:, :, start + 1:])
         predicted = []
-        for t in range(targets.shape[1]):
-            z = self.next(z, batch["action"][:, start + t])
+        for t in range(targets.shape[2]):
+            z = self.next(z, batch["action"][:, :, start + t])
             predicted.append(z)
-        predicted = torch.stack(predicted, 1)
-        start_latent = self.encode(batch["obs"][:, start]).unsqueeze(1)
-        return {"model": (predicted - targets).pow(2).mean((0, 2)),
-                "copy_last": (start_latent - targets).pow(2).mean((0, 2))}
+        predicted = torch.stack(predicted, 2)
+        start_latent = self.encode(batch["obs"][:, :, start]).unsqueeze(2)
+        return {"model": (predicted - targets)[0].pow(2).mean((0, 2)),
+                "copy_last": (start_latent - targets)[0].pow(2).mean((0, 2))}
 
     @torch.no_grad()
     def one_step_predictions(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Reward aligned with frames: entry t predicts reward[t] from frame t-1 (entry 0 is 0)."""
-        z = self.encode(batch["obs"][:, :-1])
-        predicted = self.predicted_reward(z, batch["action"][:, :-1])
+        batch = self.single_seed(batch)
+        z = self.encode(batch["obs"][:, :, :-1])
+        predicted = self.predicted_reward(z, batch["action"][:, :, :-1])[0]
         return {"reward": F.pad(predicted, (1, 0))}
