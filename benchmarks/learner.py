@@ -9,6 +9,12 @@ FLOP/s and its ratio to a bare fp32 1024x1024 matmul on the same threads (`matmu
 world_models/dreamer.py), with the first call's time, compilation included, as `compile_s`.
 Inputs: `state` (cartpole's 5-d state), `embedding` (a 384-d PVR embedding; tdmpc stacks 3),
 `pixels` (64x64 RGB). Random weights and batches: speed does not depend on their values.
+
+`--seeds 1 4 16` (tdmpc) also times one update and one planning call of a model that holds K
+seeds (world_models/layers.py: a copy of every weight per seed, one batched kernel for all), each
+seed on its own batch and planning for its own env, eager and compiled as `--modes` says:
+`seeds_K_update_ms`, `seeds_K_plan_ms`, and the aggregate speed-up over one seed,
+`seeds_K_speedup` = K x (one-seed time) / (K-seed time), for updates and for planning.
 Prints one JSON document; `--out` also writes it.
 """
 
@@ -27,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from world_models.errors import WorldModelError
 from world_models.registry import compile_mode, make_agent, make_world_model, world_model_config
+from world_models.tdmpc_agent import plan, plan_noise
 
 INPUTS = {"state": ("state", (5,)), "embedding": ("embedding", (384,)), "pixels": ("pixels", (3, 64, 64))}
 ACTION_DIM = 1
@@ -126,6 +133,52 @@ def measure(name: str, preset: str, input_name: str, modes: list[str], device: s
     return rows
 
 
+def measure_seeds(preset: str, input_name: str, mode: str, seed_counts: list[int], device: str,
+                  repeats: int) -> dict:
+    """tdmpc with K seeds in one model: update and planning times per K, and the aggregate speed-up."""
+    feature, shape = INPUTS[input_name]
+    cfg = world_model_config("tdmpc", preset, {})
+    row = {"world_model": "tdmpc", "preset": preset, "input": input_name, "compiled": mode == "compiled"}
+    for count in seed_counts:
+        model = make_world_model("tdmpc", cfg, feature, shape, ACTION_DIM, seeds=tuple(range(count))).to(device).train()
+        optimizers = model.make_optimizers()
+        batches = [random_batch(cfg, feature, shape, device) for _ in range(count)]
+        batch = {key: torch.stack([b[key] for b in batches]) for key in ("obs", "action", "reward", "is_terminal")}
+        obs = batch["obs"][:, :1, 0]
+        previous = torch.zeros(count, 1, cfg.horizon, ACTION_DIM, device=device)
+        planner = plan
+        if mode == "compiled":
+            model.compile(compile_mode(device))
+            planner = torch.compile(plan, mode=compile_mode(device), fullgraph=True)
+
+        def act():
+            with torch.no_grad():
+                z = model.encode(obs)
+                return planner(model, z, previous, plan_noise(model, 1, device), True)
+
+        def update():
+            return model.update(batch, optimizers)
+
+        start = time.perf_counter()
+        update()
+        model.eval()
+        act()
+        model.train()
+        synchronize(device)
+        row[f"seeds_{count}_first_call_s"] = time.perf_counter() - start
+        row[f"seeds_{count}_update_ms"] = timed(update, device, repeats) * 1e3
+        model.eval()
+        row[f"seeds_{count}_plan_ms"] = timed(act, device, repeats) * 1e3
+        print(json.dumps(row), file=sys.stderr, flush=True)   # progress
+    one = min(seed_counts)
+    for count in seed_counts:
+        if count != one:
+            row[f"seeds_{count}_speedup"] = {
+                part: count / one * row[f"seeds_{one}_{part}_ms"] / row[f"seeds_{count}_{part}_ms"]
+                for part in ("update", "plan")}
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world-models", nargs="+", default=["dreamer", "tdmpc"])
@@ -133,6 +186,9 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[], metavar="K",
+                        help="also time tdmpc models of K seeds, e.g. --seeds 1 4 16")
+    parser.add_argument("--only-seeds", action="store_true", help="time the seed counts only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
@@ -144,7 +200,11 @@ def main() -> None:
     for name in args.world_models:
         for preset in args.presets:
             for input_name in args.inputs:
-                rows += measure(name, preset, input_name, args.modes, args.device, args.repeats, matmul)
+                if not args.only_seeds:
+                    rows += measure(name, preset, input_name, args.modes, args.device, args.repeats, matmul)
+    seed_rows = [measure_seeds(preset, input_name, mode, sorted(set(args.seeds)), args.device, args.repeats)
+                 for preset in args.presets for input_name in args.inputs for mode in args.modes
+                 if "tdmpc" in args.world_models and len(set(args.seeds)) > 1]
     speedups = {}
     for row in rows:
         if row["compiled"] and "skipped" not in row:
@@ -155,7 +215,7 @@ def main() -> None:
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": args.threads, "device": args.device},
               "bare_matmul_gflop_per_s": matmul / 1e9, "compiled_speedup": speedups, "results": rows,
-              "not_measured": "several seeds in one process (issue 14, point 2) is not built yet"}
+              "seeds": seed_rows}
     text = json.dumps(report, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
