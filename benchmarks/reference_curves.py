@@ -20,6 +20,13 @@ returns are in `benchmarks/reference/published_dmc_returns.csv`; its README name
 Each invocation rewrites the JSON and PNG of its tasks with the runs it selects, finished or
 not. To draw several invocations' runs together, rerun with their union and `--plot-only`.
 
+Seeds carry across machines. Every run summarised also writes its record, its summary and its
+evaluations up to its checkpoint, to `--out`/reference_curves_runs/<task>/<encoder>/<run>/seed<s>.json
+(committed with the results). A seed whose run directory is not in `--workdir` is taken from its
+record: a finished record is drawn and not rerun, so seeds measured on different machines or
+in different sessions plot together (`"from_record"` in the JSON names the file). A run
+directory, where there is one, always wins over its record and rewrites it.
+
 Steps. `--env-steps` (default tdmpc 100000, dreamer 50000), `--eval-every` and
 `--episode-steps` count agent steps, as `pvr-pipe finetune` does. An agent step is
 `action_repeat` simulator (physics) steps. pvr-pipe's DMC default is 2, so an episode is 1000
@@ -289,6 +296,7 @@ class Job:
     run_dir: Path | None = None          # fine-tunes: its --out (progress is read from there)
     total: int = 1
     wall_file: Path | None = None        # fine-tunes: wall time of each launch
+    record_file: Path | None = None      # fine-tunes: the seed's record (summary and curve)
     status: str = "queued"               # queued, running, done, failed, skipped, blocked
     rc: int | None = None
     wall_s: float = 0.0
@@ -469,10 +477,29 @@ def action_repeat_of(workdir: Path, task: str) -> int:
     return DEFAULT_ACTION_REPEAT
 
 
+def read_record(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def finished_record(path: Path, env_steps: int) -> bool:
+    record = read_record(path)
+    return record is not None and record["summary"]["agent_steps_reached"] >= env_steps
+
+
 def summarise_run(run_dir: Path, seed: int, env_steps: int, action_repeat: int, job: Job | None,
-                  wall_file: Path, log: Path, command: list[str]) -> tuple[dict[str, Any], list[tuple[int, float]]]:
-    """One seed: how far it got, its curve (rows past its checkpoint dropped: they will be redone)."""
+                  wall_file: Path, log: Path, command: list[str],
+                  record_file: Path) -> tuple[dict[str, Any], list[tuple[int, float]]]:
+    """One seed: how far it got, its curve (rows past its checkpoint dropped: they will be redone).
+    From its run directory, whose summary and curve then go to `record_file`; without one, from
+    `record_file` if there is one."""
     info = yaml.safe_load((run_dir / "finetune.yaml").read_text()) if (run_dir / "finetune.yaml").is_file() else None
+    record = read_record(record_file)
+    if info is None and record is not None and not (job is not None and job.status == "failed"):
+        summary = record["summary"] | {"from_record": str(record_file.relative_to(REPO))
+                                       if record_file.is_relative_to(REPO) else str(record_file)}
+        if summary["status"] == "finished" and summary["agent_steps_reached"] < env_steps:
+            summary["status"] = "partial"
+        return summary, [(int(step), float(value)) for step, value in record["curve"]]
     saved = checkpoint_progress(run_dir)
     reached = saved["env_steps"] if saved else 0
     metrics = run_dir / "live" / "plots" / "metrics"
@@ -499,6 +526,9 @@ def summarise_run(run_dir: Path, seed: int, env_steps: int, action_repeat: int, 
                "out": str(run_dir), "log": str(log), "command": shlex.join(command)}
     if job is not None and job.status == "failed":
         summary["rc"] = job.rc
+    if info is not None:
+        record_file.parent.mkdir(parents=True, exist_ok=True)
+        record_file.write_text(json.dumps({"summary": summary, "curve": curve}, indent=1) + "\n")
     return summary, curve
 
 
@@ -661,7 +691,7 @@ def main() -> None:
 
     pvr = pvr_pipe()
     jobs: dict[str, Job] = {}
-    runs: dict[tuple[str, str, str, int], tuple[Path, Path, Path, list[str]]] = {}
+    runs: dict[tuple[str, str, str, int], tuple[Path, Path, Path, list[str], Path]] = {}
     for task in tasks:
         data = workdir / "data" / task
         jobs[f"collect {task}"] = Job(f"collect {task}", [*pvr, "collect", "--env", f"dmc/{task}", "--variant", "train",
@@ -690,10 +720,11 @@ def main() -> None:
                                *(["--max-steps", str(args.episode_steps)] if args.episode_steps else []),
                                "--device", args.device, "--threads", str(args.threads), "--quiet",
                                *(["--compile"] if wm in args.compile else []), "--out", str(run_dir)]
-                    runs[(task, encoder, wm, seed)] = (run_dir, log, wall_file, command)
+                    record_file = out / "reference_curves_runs" / rel.with_suffix(".json")
+                    runs[(task, encoder, wm, seed)] = (run_dir, log, wall_file, command, record_file)
                     key = f"finetune {task} {encoder} {wm} seed{seed}"
                     jobs[key] = Job(key, command, log, deps=[f"encode {task} {encoder}"], run_dir=run_dir,
-                                    total=env_steps[wm], wall_file=wall_file)
+                                    total=env_steps[wm], wall_file=wall_file, record_file=record_file)
 
     started = time.monotonic()
     if not args.plot_only:
@@ -702,6 +733,8 @@ def main() -> None:
                 saved = checkpoint_progress(job.run_dir)
                 if saved and saved["env_steps"] >= job.total:
                     job.status = "skipped"      # finished before: nothing to launch
+                elif saved is None and finished_record(job.record_file, job.total):
+                    job.status = "skipped"      # finished elsewhere: its record stands for it
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         schedule(list(jobs.values()), args.jobs, cores, args.quiet)
     wall_s = round(time.monotonic() - started, 1)
@@ -733,10 +766,11 @@ def main() -> None:
             for encoder in args.encoders:
                 seeds, curves = [], {}
                 for seed in args.seeds:
-                    run_dir, log, wall_file, command = runs[(task, encoder, wm, seed)]
+                    run_dir, log, wall_file, command, record_file = runs[(task, encoder, wm, seed)]
                     job = jobs[f"finetune {task} {encoder} {wm} seed{seed}"]
                     summary, curve = summarise_run(run_dir, seed, env_steps[wm], repeat,
-                                                   None if args.plot_only else job, wall_file, log, command)
+                                                   None if args.plot_only else job, wall_file, log, command,
+                                                   record_file)
                     seeds.append(summary)
                     if curve:
                         curves[seed] = curve

@@ -120,3 +120,33 @@ def test_read_tsv_and_names(tmp_path):
         {"tdmpc": 2.0, "dreamer": 1.0}
     with pytest.raises(SystemExit):
         rc.parse_per_world_model(["sac=1"], ["tdmpc"], float, "--train-ratio")
+
+
+def test_a_seed_without_a_run_directory_is_drawn_from_its_record(tmp_path):
+    run_dir, record = tmp_path / "runs" / "seed0", tmp_path / "results" / "seed0.json"
+    curve = [[0, 50.0], [5000, 400.0], [10000, 800.0]]
+    summary = {"seed": 0, "status": "finished", "agent_steps_reached": 10000, "simulator_steps_reached": 20000}
+    args = (run_dir, 0, 10000, 2, None, tmp_path / "wall.json", tmp_path / "log", ["pvr-pipe"], record)
+    assert rc.summarise_run(*args)[0]["status"] == "not started" and not record.exists()
+    record.parent.mkdir(parents=True)
+    record.write_text(rc.json.dumps({"summary": summary, "curve": curve}))
+    drawn, points = rc.summarise_run(*args)
+    assert drawn["status"] == "finished" and drawn["from_record"] == str(record) and points == [tuple(p) for p in curve]
+    assert rc.finished_record(record, 10000) and not rc.finished_record(record, 20000)
+    longer = rc.summarise_run(run_dir, 0, 20000, *args[3:])[0]
+    assert longer["status"] == "partial"         # a longer run asked for: the record is not the end of it
+
+
+def test_a_run_directory_wins_over_its_record_and_rewrites_it(tmp_path):
+    run_dir, record = tmp_path / "runs" / "seed1", tmp_path / "results" / "seed1.json"
+    metrics = run_dir / "live" / "plots" / "metrics"
+    (metrics / "eval").mkdir(parents=True)
+    (metrics / "eval" / "return.tsv").write_text("step\treturn\n0\t20.0\n5000\t300.0\n")
+    (run_dir / "finetune.yaml").write_text("identity: {seed_steps: 2500, train_ratio: 1.0}\nrandom_return: 20.0\n")
+    record.parent.mkdir(parents=True)
+    record.write_text(rc.json.dumps({"summary": {"status": "finished", "agent_steps_reached": 99}, "curve": []}))
+    summary, curve = rc.summarise_run(run_dir, 1, 10000, 2, None, tmp_path / "wall.json", tmp_path / "log",
+                                      ["pvr-pipe"], record)
+    assert summary["status"] == "partial" and "from_record" not in summary
+    assert curve == [(0, 20.0)]                   # no checkpoint yet: later evaluations will be redone
+    assert rc.json.loads(record.read_text())["summary"]["agent_steps_reached"] == 0
