@@ -264,12 +264,15 @@ class TDMPCWorldModel(nn.Module):
         scaled_entropy = -log_prob * (gaussian_log_prob * self.action_dim) / (log_prob + 1e-8)
         return action, scaled_entropy
 
+    def q_logits(self, x: torch.Tensor, target: bool = False, dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(seeds, ..., latent + A) -> (seeds, num_q, ..., bins): every member of each seed's ensemble."""
+        return (self.target_q if target else self.q)(x.unsqueeze(1).expand(x.shape[0], self.cfg.num_q, *x.shape[1:]),
+                                                     dropout_mask)
+
     def q_value(self, z: torch.Tensor, action: torch.Tensor, pair: torch.Tensor, target: bool = False,
                 reduce: str = "min", dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The ensemble members `pair` (seeds, 2) of each seed, decoded; their min (for targets) or mean."""
-        x = torch.cat([z, self.model_action(action)], -1)
-        logits = (self.target_q if target else self.q)(x.unsqueeze(1).expand(x.shape[0], self.cfg.num_q, *x.shape[1:]),
-                                                       dropout_mask)
+        logits = self.q_logits(torch.cat([z, self.model_action(action)], -1), target, dropout_mask)
         chosen = logits[torch.arange(len(pair), device=z.device)[:, None], pair]      # (seeds, 2, ..., bins)
         values = symexp(two_hot_decode(F.softmax(chosen, -1), self.bins))
         return values.min(1).values if reduce == "min" else values.mean(1)
@@ -326,9 +329,7 @@ class TDMPCWorldModel(nn.Module):
         latents = torch.stack(latents, 2)                           # (seeds, B, H+1, latent)
         rolled = latents[:, :, :-1]
         reward_ce = soft_cross_entropy(self.reward_logits(rolled, action), two_hot(symlog(reward), self.bins))
-        q_input = torch.cat([rolled, action], -1)
-        q_logits = self.q(q_input.unsqueeze(1).expand(q_input.shape[0], cfg.num_q, *q_input.shape[1:]),
-                          noise.get("q_dropout"))                   # (seeds, num_q, B, H, bins)
+        q_logits = self.q_logits(torch.cat([rolled, action], -1), dropout_mask=noise.get("q_dropout"))
         value_ce = soft_cross_entropy(q_logits, two_hot(symlog(td_target), self.bins).unsqueeze(1))
         # Means over the batch as sums over each seed's whole row: a reduction across rows (the
         # batch axis, here) can round differently with the number of seeds, a row's sum cannot.
