@@ -121,8 +121,10 @@ class TrainConfig(StrictConfig):
     world_model: Literal["dreamer", "tdmpc"] = "dreamer"
     preset: Literal["xs", "s", "m", "l"] = "s"
     settings: dict[str, Any] = Field(default_factory=dict, description="world-model settings over the preset")
-    seed: int = Field(0, ge=0)
-    out: Path | None = Field(None, description="default: runs/<dataset>/<encoder>/<world_model>/seed<k>")
+    seed: NonNegativeInt | list[NonNegativeInt] = Field(0, description="one seed, or several trained as one "
+                                                                       "batched model (tdmpc)")
+    out: Path | None = Field(None, description="default: runs/<dataset>/<encoder>/<world_model>/seed<k>; with "
+                                               "several seeds a path with {seed} in it")
     updates: int = Field(2000, gt=0)
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of episodes held out")
     log_every: int = Field(50, gt=0)
@@ -131,6 +133,10 @@ class TrainConfig(StrictConfig):
     threads: int | None = Field(None, gt=0, description="torch threads")
     compile: bool = Field(False, description="torch.compile the update (tdmpc: and its planning); pays on runs of "
                                              "thousands of updates (benchmarks/learner.py)")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed] if isinstance(self.seed, int) else list(self.seed)
 
 
 class EvaluateModelConfig(StrictConfig):

@@ -115,8 +115,9 @@ def load_config_with_settings(config_class, config_refs: tuple[str, ...], option
 @click.option("--preset", help="Size: xs (tests), s, m, l.")
 @click.option("--set", "settings", metavar="KEY=VALUE", multiple=True,
               help="World-model setting over the preset, e.g. --set lr=1e-4 --set embed_head=mlp.")
-@click.option("--seed", type=int, help="Seed of weights and batch sampling.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--seed", "seeds", type=int, multiple=True,
+              help="Seed of weights and batch sampling; repeat it to train several seeds as one batched model (tdmpc).")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory; with several seeds a path with {seed}.")
 @click.option("--updates", type=int, help="Gradient updates in total.")
 @click.option("--validation-fraction", type=float, help="Share of episodes held out for evaluate-model.")
 @click.option("--log-every", type=int, help="Updates per logged row.")
@@ -126,13 +127,15 @@ def load_config_with_settings(config_class, config_refs: tuple[str, ...], option
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the update (tdmpc: and planning); pays on long runs (benchmarks/learner.py).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, compile_: bool | None,
-          **options) -> None:
+def train(config_refs: tuple[str, ...], settings: tuple[str, ...], seeds: tuple[int, ...], quiet: bool,
+          compile_: bool | None, **options) -> None:
     """Train a world model offline on cached embeddings; resumes from its last checkpoint."""
     from stages import train as train_stage
 
-    cfg = load_config_with_settings(TrainConfig, config_refs, options | {"compile": compile_}, settings)
-    click.echo(train_stage.run(cfg, show_progress=not quiet))
+    seed = (seeds[0] if len(seeds) == 1 else list(seeds)) if seeds else None
+    cfg = load_config_with_settings(TrainConfig, config_refs, options | {"compile": compile_, "seed": seed}, settings)
+    for out in train_stage.run(cfg, show_progress=not quiet):
+        click.echo(out)
 
 
 @cli.command("evaluate-model")

@@ -7,6 +7,11 @@ TSVs under `plots/metrics/train/`) and `timing/` (updates per second, outside wh
 Losses are logged as means over windows of `log_every` updates. A killed run continues from its
 last checkpoint with the same RNG states and the sums of the window in progress, so it ends with
 the same bytes as an uninterrupted one.
+
+Several seeds (`--seed 0 --seed 1 ...`) of tdmpc train as one batched model (one copy of every
+weight per seed, `world_models/layers.py`) in lockstep; each seed still writes its own run
+directory, and its bytes are those of the seed trained alone. Seeds whose checkpoints stand at
+different update counts train as separate groups; dreamer trains its seeds one after another.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,13 +33,14 @@ from pipeline import __version__
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.storage.atomic_files import write_bytes_atomic
-from pipeline.storage.checkpoint import load_checkpoint, restore_training, save_checkpoint
+from pipeline.storage.checkpoint import load_checkpoint, restore_states, save_checkpoint
 from pipeline.storage.embedding_store import arrays_sha256, read_store
 from pipeline.storage.live_metrics import open_live
 from pipeline.storage.runs import (CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE, TIMING_DIR,
                                    left_by_a_run, path_to_record)
 from pipeline.storage.writer_lock import writer_lock
 from pipeline.task_settings import task_settings
+from world_models.optimizers import optimizer_state_of_seed, stacked_optimizer_state
 from world_models.registry import compile_mode, make_world_model, world_model_config
 from world_models.replay import Replay, split_episodes
 
@@ -41,89 +50,180 @@ def default_out(cfg: TrainConfig, attrs: dict) -> Path:
     return Path("runs") / dataset / attrs["encoder"] / cfg.world_model / f"seed{cfg.seed}"
 
 
-def run(cfg: TrainConfig, show_progress: bool = True) -> Path:
+@dataclass
+class SeedRun:
+    """One seed's part of a training run: its config, directory, batch sampler and log window."""
+    cfg: TrainConfig                 # `seed` is this seed
+    out: Path
+    identity: dict
+    rng: np.random.Generator
+    checkpoint: dict | None = None
+    live: Any = None
+    timing: Any = None
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    count: int = 0
+
+    @property
+    def start(self) -> int:
+        return int(self.checkpoint["update"]) if self.checkpoint else 0
+
+
+def run(cfg: TrainConfig, show_progress: bool = True) -> list[Path]:
+    """Train every seed of `cfg`; returns their run directories, in the order of the seeds."""
     if cfg.store is None:
         raise UserError("no store; pass --store PATH (a Zarr store made by `pvr-pipe encode`)")
+    seeds = cfg.seeds
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seed {' '.join(map(str, seeds))} names a seed twice; give each seed once")
+    if cfg.out is not None and len(seeds) > 1 and "{seed}" not in str(cfg.out):
+        raise UserError(f"--out '{cfg.out}' is one directory for {len(seeds)} seeds; put {{seed}} in it, "
+                        f"e.g. --out {cfg.out}/seed{{seed}}")
     store = cfg.store.rstrip("/")
     arrays, episode_start, attrs = read_store(store)
     feature = attrs["feature"]
     settings = task_settings(cfg.world_model, attrs, episode_start, arrays["is_terminal"]) | dict(cfg.settings)
     wm_config = world_model_config(cfg.world_model, cfg.preset, settings)
     train_ids, validation_ids = split_episodes(len(episode_start), cfg.validation_fraction)
-    out = cfg.out or default_out(cfg, attrs)
     spec = {"world_model": cfg.world_model, "config": wm_config.as_dict(), "feature": feature,
             "feature_shape": list(arrays[feature].shape[1:]), "action_dim": int(arrays["action"].shape[1]),
             "discrete_actions": attrs.get("action_space") == "discrete"}
-    # What the trained weights depend on; a run directory never mixes two of these.
-    identity = {"world_model": cfg.world_model, "preset": cfg.preset, "config": spec["config"], "seed": cfg.seed,
-                "store_sha256": arrays_sha256(arrays), "train_episodes": train_ids,
-                "validation_episodes": validation_ids}
+    store_sha256 = arrays_sha256(arrays)
+    runs = []
+    for seed in seeds:
+        seed_cfg = cfg.model_copy(update={"seed": seed, "out": None if cfg.out is None else
+                                          Path(str(cfg.out).replace("{seed}", str(seed)))})
+        # What the trained weights depend on; a run directory never mixes two of these.
+        identity = {"world_model": cfg.world_model, "preset": cfg.preset, "config": spec["config"], "seed": seed,
+                    "store_sha256": store_sha256, "train_episodes": train_ids, "validation_episodes": validation_ids}
+        runs.append(SeedRun(seed_cfg, seed_cfg.out or default_out(seed_cfg, attrs), identity,
+                            np.random.default_rng(seed)))
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     replay = Replay(arrays, episode_start, feature).select_episodes(train_ids)
     replay.window_starts(wm_config.sequence_length)   # fails early if episodes are too short
-    model = make_world_model(cfg.world_model, wm_config, feature, spec["feature_shape"], spec["action_dim"],
-                             spec["discrete_actions"], seeds=(cfg.seed,))
+    with ExitStack() as locks:
+        for seed_run in runs:
+            locks.enter_context(writer_lock(seed_run.out, "train"))
+            _check_run_dir(seed_run.out, seed_run.identity)
+            path = seed_run.out / CHECKPOINT
+            seed_run.checkpoint = load_checkpoint(path) if path.exists() else None
+        for group in _groups(cfg.world_model, runs):
+            _train(cfg, wm_config, group, replay, spec, store, attrs, show_progress)
+    return [seed_run.out for seed_run in runs]
+
+
+def _groups(world_model: str, runs: list[SeedRun]) -> list[list[SeedRun]]:
+    """The seeds that train as one model: tdmpc's that stand at the same update, dreamer's one by one."""
+    if world_model != "tdmpc":
+        return [[seed_run] for seed_run in runs]
+    by_start: dict[int, list[SeedRun]] = defaultdict(list)
+    for seed_run in runs:
+        by_start[seed_run.start].append(seed_run)
+    return list(by_start.values())
+
+
+def _train(cfg: TrainConfig, wm_config, runs: list[SeedRun], replay: Replay, spec: dict, store: str, attrs: dict,
+           show_progress: bool) -> None:
+    start = runs[0].start
+    if start >= cfg.updates:
+        for seed_run in runs:
+            print(f"{seed_run.out} is already trained ({start} updates)", file=sys.stderr)
+        return
+    torch.manual_seed(runs[0].cfg.seed)     # dreamer initialises from torch's generator; tdmpc from its seeds'
+    model = make_world_model(cfg.world_model, wm_config, spec["feature"], spec["feature_shape"], spec["action_dim"],
+                             spec["discrete_actions"], seeds=tuple(r.cfg.seed for r in runs))
     model = model.to(cfg.device).train()
     if cfg.compile:
         model.compile(compile_mode(cfg.device))
     optimizers = model.make_optimizers()
-    with writer_lock(out, "train"):
-        _check_run_dir(out, identity)
-        _train(cfg, out, model, optimizers, rng, replay, spec, identity, store, attrs, show_progress)
-    return out
+    if start:
+        _restore(model, optimizers, runs)
+    for seed_run in runs:
+        seed_run.out.mkdir(parents=True, exist_ok=True)
+        run_info = {"identity": seed_run.identity, "store": path_to_record(store, seed_run.out),
+                    "encoder": attrs["encoder"], "encoder_weights_sha256": attrs["weights_sha256"], "env": attrs["env"],
+                    "variant": attrs["variant"], "source_dataset": attrs["source_dataset"],
+                    "properties": attrs["properties"],
+                    "train_config": seed_run.cfg.model_dump(mode="json", exclude={"out"})
+                    | {"store": path_to_record(store, seed_run.out)},
+                    "pipeline_version": __version__}
+        write_bytes_atomic(seed_run.out / RUN_FILE, yaml.safe_dump(run_info, sort_keys=False).encode())
+        seed_run.live = open_live(seed_run.out / LIVE_DIR, resume_from=start)
+        seed_run.timing = open_live(seed_run.out / TIMING_DIR, resume_from=start)
+        window = seed_run.checkpoint["log_window"] if seed_run.checkpoint else {"sums": {}, "count": 0}
+        seed_run.sums.update(window["sums"])
+        seed_run.count = window["count"]
 
-
-def _train(cfg: TrainConfig, out: Path, model, optimizers, rng: np.random.Generator, replay: Replay, spec: dict,
-           identity: dict, store: str, attrs: dict, show_progress: bool) -> None:
-    wm_config = model.cfg
-    checkpoint_path = out / CHECKPOINT
-    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
-    start = restore_training(checkpoint, model, optimizers, rng) if checkpoint else 0
-    if start >= cfg.updates:
-        print(f"{out} is already trained ({start} updates)", file=sys.stderr)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    run_info = {"identity": identity, "store": path_to_record(store, out), "encoder": attrs["encoder"],
-                "encoder_weights_sha256": attrs["weights_sha256"], "env": attrs["env"], "variant": attrs["variant"],
-                "source_dataset": attrs["source_dataset"], "properties": attrs["properties"],
-                "train_config": cfg.model_dump(mode="json", exclude={"out"}) | {"store": path_to_record(store, out)},
-                "pipeline_version": __version__}
-    write_bytes_atomic(out / RUN_FILE, yaml.safe_dump(run_info, sort_keys=False).encode())
-
-    live = open_live(out / LIVE_DIR, resume_from=start)
-    timing = open_live(out / TIMING_DIR, resume_from=start)
-    window = checkpoint["log_window"] if checkpoint else {"sums": {}, "count": 0}
-    sums: dict[str, float] = defaultdict(float, window["sums"])
-    count, timed, window_start = window["count"], 0, time.perf_counter()
-    columns = (TextColumn(f"train {cfg.world_model} on {attrs['encoder']}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("updates {task.fields[loss]}"), TimeRemainingColumn())
+    timed, window_start = 0, time.perf_counter()
+    seeds = " ".join(str(r.cfg.seed) for r in runs)
+    columns = (TextColumn(f"train {cfg.world_model} on {attrs['encoder']}, seed{'s' * (len(runs) > 1)} {seeds}"),
+               BarColumn(), MofNCompleteColumn(), TextColumn("updates {task.fields[loss]}"), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress) as progress:
         bar = progress.add_task("train", total=cfg.updates, completed=start, loss="")
         for update in range(start + 1, cfg.updates + 1):
-            batch = replay.sample(wm_config.batch_size, wm_config.sequence_length, rng, wm_config.frame_stack)
-            metrics = model.train_step({k: v.to(cfg.device) for k, v in batch.items()}, optimizers)
-            for key, value in metrics.items():
-                sums[key] += value
-            count += 1
+            batches = [replay.sample(wm_config.batch_size, wm_config.sequence_length, r.rng, wm_config.frame_stack)
+                       for r in runs]
+            if len(runs) == 1:
+                metrics = [model.train_step({k: v.to(cfg.device) for k, v in batches[0].items()}, optimizers)]
+            else:
+                metrics = model.update({k: torch.stack([b[k] for b in batches]).to(cfg.device) for k in batches[0]},
+                                       optimizers)
+            for seed_run, seed_metrics in zip(runs, metrics):
+                for key, value in seed_metrics.items():
+                    seed_run.sums[key] += value
+                seed_run.count += 1
             timed += 1
             progress.advance(bar)
             if update % cfg.log_every == 0 or update == cfg.updates:
-                live.step = timing.step = update
-                for key, value in sums.items():
-                    live.log_metric(f"train/{key}", value / count)
-                live.make_summary()
-                timing.log_metric("updates_per_s", timed / (time.perf_counter() - window_start))
-                timing.make_summary()
-                progress.update(bar, loss=f"loss {sums['loss'] / count:.3f}")
-                sums.clear()
-                count, timed, window_start = 0, 0, time.perf_counter()
+                rate = timed / (time.perf_counter() - window_start)
+                for seed_run in runs:
+                    _log_window(seed_run, update, rate)
+                progress.update(bar, loss=f"loss {np.mean([r.sums['loss'] / r.count for r in runs]):.3f}")
+                for seed_run in runs:
+                    seed_run.sums.clear()
+                    seed_run.count = 0
+                timed, window_start = 0, time.perf_counter()
             if update % cfg.checkpoint_every == 0 or update == cfg.updates:
-                save_checkpoint(checkpoint_path, model=model, optimizers=optimizers, update=update, rng=rng,
-                                spec=spec, log_window={"sums": dict(sums), "count": count})
+                for k, seed_run in enumerate(runs):
+                    model_state, optimizer_states, torch_rng = _seed_state(model, optimizers, k, len(runs))
+                    save_checkpoint(seed_run.out / CHECKPOINT, model_state=model_state,
+                                    optimizer_states=optimizer_states, update=update, rng=seed_run.rng,
+                                    torch_rng=torch_rng, spec=spec,
+                                    log_window={"sums": dict(seed_run.sums), "count": seed_run.count})
+
+
+def _log_window(seed_run: SeedRun, update: int, updates_per_s: float) -> None:
+    seed_run.live.step = seed_run.timing.step = update
+    for key, value in seed_run.sums.items():
+        seed_run.live.log_metric(f"train/{key}", value / seed_run.count)
+    seed_run.live.make_summary()
+    seed_run.timing.log_metric("updates_per_s", updates_per_s)
+    seed_run.timing.make_summary()
+
+
+def _seed_state(model, optimizers: dict, k: int, count: int) -> tuple[dict, dict, torch.Tensor]:
+    """Seed k's model and optimiser state dicts and torch generator state, as its lone run holds them.
+    A model of several seeds (tdmpc) draws nothing from torch's global generator, so a lone run's
+    is as seeding left it."""
+    if count == 1:
+        return model.state_dict(), {n: o.state_dict() for n, o in optimizers.items()}, torch.get_rng_state()
+    return (model.seed_state(k), {n: optimizer_state_of_seed(o.state_dict(), k) for n, o in optimizers.items()},
+            torch.Generator().manual_seed(model.seeds[k]).get_state())
+
+
+def _restore(model, optimizers: dict, runs: list[SeedRun]) -> None:
+    """Weights, optimiser states and generators of every seed from its checkpoint."""
+    checkpoints = [r.checkpoint for r in runs]
+    if len(runs) == 1:
+        model.load_state_dict(checkpoints[0]["model"])
+        restore_states(checkpoints[0], optimizers, runs[0].rng)
+        return
+    model.load_seed_states([c["model"] for c in checkpoints])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(stacked_optimizer_state([c["optimizers"][name] for c in checkpoints]))
+    for seed_run in runs:
+        seed_run.rng.bit_generator.state = seed_run.checkpoint["rng"]["numpy"]
 
 
 def _check_run_dir(out: Path, identity: dict) -> None:

@@ -35,7 +35,7 @@ def toy_run(tmp_path_factory):
     store = encode.run(EncodeConfig(model="pixels", dataset=str(root / "toy"), out=str(root / "pixels.zarr")),
                        show_progress=False)
     run_dir = train.run(TrainConfig(store=store, world_model="tdmpc", preset="xs", updates=20, out=root / "run"),
-                        show_progress=False)
+                        show_progress=False)[0]
     return root, run_dir
 
 
@@ -59,7 +59,7 @@ LEARNING = {"dreamer": (800, {"lr": 1e-3, "batch_size": 8, "sequence_length": 16
 def test_a_short_finetune_beats_the_random_policy_by_a_clear_margin(toy_pixels, tmp_path, world_model):
     updates, settings = LEARNING[world_model]
     run_dir = train.run(TrainConfig(store=toy_pixels, world_model=world_model, preset="xs", settings=settings,
-                                    updates=updates, seed=0, out=tmp_path / "run"), show_progress=False)
+                                    updates=updates, seed=0, out=tmp_path / "run"), show_progress=False)[0]
     out = finetune.run(FinetuneConfig(run=run_dir, env_steps=200, eval_every=100, eval_episodes=4, seed=0),
                        show_progress=False)
     rows = (out / "live/plots/metrics/eval/return.tsv").read_text().splitlines()[1:]

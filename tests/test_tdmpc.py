@@ -43,7 +43,7 @@ def test_a_short_training_run_keeps_the_latents_of_different_frames_apart(toy_pi
     """Before the fix every frame's latent went to one saturated one-hot per SimNorm group
     (spread over frames 1e-20, all pairwise distances 0) within a few hundred updates."""
     run_dir = train.run(TrainConfig(store=toy_pixel_store, world_model="tdmpc", preset="xs", updates=100,
-                                    log_every=50, checkpoint_every=1000, out=tmp_path / "run"), show_progress=False)
+                                    log_every=50, checkpoint_every=1000, out=tmp_path / "run"), show_progress=False)[0]
     trained = restore_model(load_checkpoint(run_dir / "checkpoint.safetensors"))
     initial = make_world_model("tdmpc", trained.cfg, "pixels", (3, 64, 64), 2)
     spread, spread_at_start = (frame_latents(m, toy_pixel_store).std(0).mean() for m in (trained, initial))

@@ -30,7 +30,7 @@ def linear_store(tmp_path_factory):
 def train_run(store, out, world_model, updates, seed=0, **options):
     cfg = TrainConfig(store=str(store), world_model=world_model, preset="xs", settings=FAST[world_model],
                       seed=seed, out=out, updates=updates, log_every=25, checkpoint_every=100, **options)
-    return train.run(cfg, show_progress=False)
+    return train.run(cfg, show_progress=False)[0]
 
 
 def losses(run_dir, name="loss"):

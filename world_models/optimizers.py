@@ -1,4 +1,5 @@
-"""DreamerV3's optimiser (danijar/dreamerv3 embodied/jax/opt.py) as a torch.optim.Optimizer."""
+"""Optimisers and their per-seed parts: DreamerV3's LaProp (danijar/dreamerv3 embodied/jax/opt.py) as
+a torch.optim.Optimizer, gradient clipping per seed, and one seed's slice of a stacked optimiser state."""
 
 from __future__ import annotations
 
@@ -74,3 +75,21 @@ def clip_grad_norm_per_seed(parameters: list[torch.Tensor], max_norm: float) -> 
     for g in grads:
         g.mul_(scale.view(seeds, *[1] * (g.dim() - 1)))
     return norms
+
+
+def optimizer_state_of_seed(state: dict, k: int) -> dict:
+    """A stacked-weights optimiser's state dict as a one-seed model's optimiser would hold it:
+    slice k of every per-parameter tensor with a seed axis (0-d counters such as Adam's `step` are
+    shared by seeds that update in lockstep)."""
+    return {"state": {index: {key: value[k:k + 1].clone() if torch.is_tensor(value) and value.dim() else value
+                              for key, value in entry.items()} for index, entry in state["state"].items()},
+            "param_groups": state["param_groups"]}
+
+
+def stacked_optimizer_state(states: list[dict]) -> dict:
+    """The inverse of `optimizer_state_of_seed`: one-seed states, concatenated along the seed axis."""
+    first = states[0]
+    return {"state": {index: {key: torch.cat([s["state"][index][key] for s in states])
+                              if torch.is_tensor(value) and value.dim() else value for key, value in entry.items()}
+                      for index, entry in first["state"].items()},
+            "param_groups": first["param_groups"]}

@@ -88,6 +88,9 @@ class TDMPCConfig:
 ARCHITECTURE = ("latent_dim", "enc_dim", "mlp_dim", "num_enc_layers", "num_q", "simnorm_dim", "frame_stack",
                 "num_channels", "episodic")
 
+# The buffers all seeds share (everything else in the state dict has a leading seed axis).
+SHARED_BUFFERS = ("bins",)
+
 # TD-MPC2's model sizes (nicklashansen/tdmpc2 common/__init__.py): s = 1M, m = 5M (its default),
 # l = 19M parameters, all planning as TD-MPC2 does; xs is for tests and CPU smoke runs, and plans
 # with half the samples and fewer iterations.
@@ -214,6 +217,23 @@ class TDMPCWorldModel(nn.Module):
 
     def set_extra_state(self, state: dict[str, list[torch.Tensor]]) -> None:
         self.noise.load_state(state["noise"])
+
+    def seed_state(self, k: int) -> dict:
+        """The state dict a one-seed model of seed `self.seeds[k]` would have: every tensor's slice
+        k of the seed axis (the two-hot bins are shared), seed k's generator states."""
+        state = self.state_dict()
+        return {name: ({"noise": [value["noise"][k]]} if name == "_extra_state" else
+                       value if name in SHARED_BUFFERS else value[k:k + 1].clone())
+                for name, value in state.items()}
+
+    def load_seed_states(self, states: list[dict]) -> None:
+        """Load one-seed state dicts (`seed_state`'s, or one-seed checkpoints'), one per seed."""
+        if len(states) != len(self.seeds):
+            raise WorldModelError(f"{len(states)} seed states for a model of {len(self.seeds)} seeds")
+        self.load_state_dict({name: ({"noise": [s["_extra_state"]["noise"][0] for s in states]}
+                                     if name == "_extra_state" else states[0][name] if name in SHARED_BUFFERS
+                                     else torch.cat([s[name] for s in states]))
+                              for name in states[0]})
 
     def single_seed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A batch of the one-seed interface, with the seed axis the model computes on."""

@@ -28,13 +28,16 @@ METADATA_KEY = "pvr_pipe"
 TENSOR, ITEMS = "__tensor__", "__items__"   # markers in the JSON skeleton
 
 
-def save_checkpoint(path: Path, *, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], update: int,
-                    rng: np.random.Generator, spec: dict[str, Any], log_window: dict[str, Any]) -> None:
-    """`spec`: world_model, config (dict), feature, feature_shape, action_dim, discrete_actions;
-    `log_window`: the loss sums of the logging window in progress, so a resumed run logs the same."""
-    write_state(path, {"spec": spec, "update": update, "model": model.state_dict(), "log_window": log_window,
-                       "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                       "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}})
+def save_checkpoint(path: Path, *, model_state: dict[str, Any], optimizer_states: dict[str, dict], update: int,
+                    rng: np.random.Generator, torch_rng: torch.Tensor, spec: dict[str, Any],
+                    log_window: dict[str, Any]) -> None:
+    """An offline run's state: the model's and optimisers' state dicts (of one seed), its batch
+    sampler `rng` and torch generator state. `spec`: world_model, config (dict), feature,
+    feature_shape, action_dim, discrete_actions; `log_window`: the loss sums of the logging window
+    in progress, so a resumed run logs the same."""
+    write_state(path, {"spec": spec, "update": update, "model": model_state, "log_window": log_window,
+                       "optimizers": optimizer_states,
+                       "rng": {"torch": torch_rng, "numpy": rng.bit_generator.state}})
 
 
 def save_agent_checkpoint(path: Path, *, agent: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
@@ -115,14 +118,6 @@ def restore_model(checkpoint: dict[str, Any], device: str = "cpu") -> nn.Module:
                              spec["action_dim"], spec.get("discrete_actions", False))
     model.load_state_dict(checkpoint["model"])
     return model.to(device)
-
-
-def restore_training(checkpoint: dict[str, Any], model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                     rng: np.random.Generator) -> int:
-    """Load weights, optimiser and RNG states into a fresh model; returns the update count."""
-    model.load_state_dict(checkpoint["model"])
-    restore_states(checkpoint, optimizers, rng)
-    return int(checkpoint["update"])
 
 
 def restore_states(checkpoint: dict[str, Any], optimizers: dict[str, torch.optim.Optimizer],
