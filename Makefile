@@ -89,8 +89,10 @@ $(MS2_LAYER)/VkLayer_PVRPIPE_drop_external_semaphore_fd.json: $(MS2_LAYER_SOURCE
 study: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pvr-pipe study params.yaml
 
+# One pytest worker per core, each test file on one worker (files share module-scoped fixtures).
+TEST_WORKERS ?= $(shell nproc)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
