@@ -663,7 +663,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per command")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", nargs="*", default=[], choices=["tdmpc"], metavar="WM",
-                        help="world models whose runs pass `finetune --compile` (tdmpc: about 1.5x on the CPU)")
+                        help="world models whose runs pass `finetune --compile` (tdmpc: about 1.5x on the CPU); the "
+                             "others take finetune's default, which compiles tdmpc runs of 10,000+ updates")
     parser.add_argument("--plot-only", action="store_true", help="start nothing; plot the runs as far as they got")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     args = parser.parse_args()

@@ -131,8 +131,8 @@ class TrainConfig(StrictConfig):
     checkpoint_every: int = Field(500, gt=0)
     device: str = "cpu"
     threads: int | None = Field(None, gt=0, description="torch threads")
-    compile: bool = Field(False, description="torch.compile the update (tdmpc: and its planning); pays on runs of "
-                                             "thousands of updates (benchmarks/learner.py)")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the update (tdmpc: and its "
+                                                      "planning); auto: tdmpc on runs of 10,000 updates or more")
 
     @property
     def seeds(self) -> list[int]:
@@ -176,8 +176,8 @@ class FinetuneConfig(StrictConfig):
     weights: Path | None = Field(None, description="the encoder's weights file, if not where encode found it")
     device: str = "cpu"
     threads: int | None = Field(None, gt=0, description="torch threads")
-    compile: bool = Field(False, description="torch.compile the update (tdmpc: and its planning); pays on runs of "
-                                             "thousands of updates (benchmarks/learner.py)")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the update (tdmpc: and its "
+                                                      "planning); auto: tdmpc on runs of 10,000 updates or more")
 
 
 class EvaluateConfig(StrictConfig):

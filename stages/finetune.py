@@ -48,7 +48,7 @@ from pipeline.storage.runs import (AGENT_CHECKPOINT, CHECKPOINT, EVALUATION_DIR,
                                    recorded_path)
 from pipeline.storage.writer_lock import writer_lock
 from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
-from world_models.registry import compile_mode, make_agent, make_world_model, with_settings, world_model_config
+from world_models.registry import compile_mode, compiles, make_agent, make_world_model, with_settings, world_model_config
 from world_models.replay import Replay, concat_batches, split_episodes
 
 ONLINE_STORE = "online.zarr"
@@ -119,7 +119,7 @@ def _finetune(cfg: FinetuneConfig, out: Path, start: dict[str, Any], identity: d
                                    spec["action_dim"], spec.get("discrete_actions", False), seeds=(cfg.seed,))
     wm_cfg = world_model.cfg
     agent = make_agent(world_model).to(cfg.device).train()
-    if cfg.compile:
+    if compiles(spec["world_model"], cfg.compile, cfg.env_steps * train_ratio):
         agent.compile(compile_mode(cfg.device))
     optimizers = agent.make_optimizers()
     if start["checkpoint"] is not None:   # weights only: the optimisers start afresh, with the settings given

@@ -41,7 +41,7 @@ from pipeline.storage.runs import (CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_D
 from pipeline.storage.writer_lock import writer_lock
 from pipeline.task_settings import task_settings
 from world_models.optimizers import optimizer_state_of_seed, stacked_optimizer_state
-from world_models.registry import compile_mode, make_world_model, world_model_config
+from world_models.registry import compile_mode, compiles, make_world_model, world_model_config
 from world_models.replay import Replay, split_episodes
 
 
@@ -134,7 +134,7 @@ def _train(cfg: TrainConfig, wm_config, runs: list[SeedRun], replay: Replay, spe
     model = make_world_model(cfg.world_model, wm_config, spec["feature"], spec["feature_shape"], spec["action_dim"],
                              spec["discrete_actions"], seeds=tuple(r.cfg.seed for r in runs))
     model = model.to(cfg.device).train()
-    if cfg.compile:
+    if compiles(cfg.world_model, cfg.compile, cfg.updates):
         model.compile(compile_mode(cfg.device))
     optimizers = model.make_optimizers()
     if start:

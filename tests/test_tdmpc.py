@@ -13,7 +13,7 @@ from pipeline.storage.checkpoint import load_checkpoint, restore_model
 from pipeline.storage.embedding_store import read_store
 from pipeline.task_settings import default_seed_steps, episode_length, task_settings, updates_owed
 from stages import encode, train
-from world_models.registry import make_agent, make_world_model, world_model_config
+from world_models.registry import COMPILE_FROM_UPDATES, compiles, make_agent, make_world_model, world_model_config
 from world_models.replay import Replay
 from world_models.tdmpc import random_shift
 from world_models.tdmpc_agent import estimate_value
@@ -102,6 +102,17 @@ def test_compiled_update_and_planning_compute_what_the_eager_ones_do():
             assert all(torch.equal(a, b) for a, b in zip(state[name]["noise"], value["noise"]))
         else:
             torch.testing.assert_close(state[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_compile_auto_compiles_long_tdmpc_runs_only_and_a_given_setting_wins():
+    assert TrainConfig().compile == "auto"
+    assert compiles("tdmpc", "auto", COMPILE_FROM_UPDATES) and compiles("tdmpc", "auto", 100_000)
+    assert not compiles("tdmpc", "auto", COMPILE_FROM_UPDATES - 1)
+    assert not compiles("dreamer", "auto", 100_000)            # dreamer has no compiled update
+    assert compiles("tdmpc", True, 10) and not compiles("tdmpc", False, 100_000)
+    assert TrainConfig(compile=True).compile is True and TrainConfig(compile=False).compile is False
+    with pytest.raises(ValueError):
+        TrainConfig(compile="sometimes")
 
 
 def test_dropout_masks_the_online_q_ensemble_in_training_and_never_the_targets():

@@ -86,6 +86,20 @@ def make_world_model(name: str, config, feature: str, feature_shape: tuple[int, 
     return model_class(feature, tuple(feature_shape), action_dim, config, discrete_actions)
 
 
+# `compile: auto` compiles tdmpc's update and planning on runs of at least this many updates: on the
+# CPU compiling costs 10-60 s per process (up to ~5 min at `s` on state) and saves ~25 ms per
+# agent step at `xs` and 0.1-1 s on embeddings and pixels (README: Benchmarks); dreamer has no
+# compiled update.
+COMPILE_FROM_UPDATES = 10_000
+
+
+def compiles(name: str, setting: bool | str, updates: float) -> bool:
+    """Whether a run of `updates` gradient updates compiles, for `compile` True, False or 'auto'."""
+    if setting == "auto":
+        return name == "tdmpc" and updates >= COMPILE_FROM_UPDATES
+    return bool(setting)
+
+
 def compile_mode(device: str) -> str:
     """torch.compile's mode for a device: CUDA graphs on a GPU (as TD-MPC2), inductor's default on the CPU."""
     return "reduce-overhead" if device.startswith("cuda") else "default"
