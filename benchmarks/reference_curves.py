@@ -532,6 +532,10 @@ def summarise_run(run_dir: Path, seed: int, env_steps: int, action_repeat: int, 
     return summary, curve
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def plot_task(task: str, groups: list[dict[str, Any]], x_axis: str, path: Path,
               preset: str, seeds: list[int], episode_steps: int | None = None) -> None:
     import matplotlib
@@ -558,7 +562,7 @@ def plot_task(task: str, groups: list[dict[str, Any]], x_axis: str, path: Path,
             shown = points[:beyond + 1]
             xs = [p["simulator_steps"] * scale for p in shown]
             ax.fill_between(xs, [p["min"] for p in shown], [p["max"] for p in shown], color="tab:gray", alpha=0.2,
-                            linewidth=0, label=f"published min-max ({published['seeds']} seeds)")
+                            linewidth=0, label=f"published min-max ({_count(published['seeds'], 'seed')})")
             ax.plot(xs, [p["mean"] for p in shown], "--", color="black", marker=".",
                     label=f"{ALGORITHM_NAME[published['algorithm']]} {published['observation']} (published mean)")
             if points[0]["simulator_steps"] * scale > x_max:
@@ -570,7 +574,7 @@ def plot_task(task: str, groups: list[dict[str, Any]], x_axis: str, path: Path,
         if ours:
             xs = [p["simulator_steps"] * scale for p in ours]
             ax.fill_between(xs, [p["min"] for p in ours], [p["max"] for p in ours], color="tab:blue", alpha=0.25,
-                            linewidth=0, label=f"ours min-max ({len(group['runs'])} seeds)")
+                            linewidth=0, label=f"ours min-max ({_count(sum(1 for run in group['runs'] if run['evaluations']), 'seed')})")
             ax.plot(xs, [p["mean"] for p in ours], "-o", color="tab:blue", markersize=3,
                     label=f"ours: {group['world_model']} {group['encoder']} (mean)")
         randoms = [run["random_return"] for run in group["runs"] if run["random_return"] is not None]
