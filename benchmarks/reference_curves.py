@@ -45,7 +45,8 @@ What runs (all under `--workdir`, default `benchmarks/runs/`, which git ignores)
   --env-steps N --eval-every E --eval-episodes K --train-ratio ... --threads 1 [--compile]
   --out W/runs/<task>/<encoder>/<wm>-<preset>/seed<s>`. A train ratio other than the reference
   one, a `--seed-steps` and an `--episode-steps` are named in the directory
-  (`<wm>-<preset>-tr1-ss0-ep100`). Logs go to `W/logs/` beside it: each launch is appended, and
+  (`<wm>-<preset>-tr1-ss0-ep100`), and so is each `--set WM:KEY=VALUE`, which passes
+  `finetune --set KEY=VALUE` to that world model's runs (`dreamer-xs-actor_grad=dynamics`). Logs go to `W/logs/` beside it: each launch is appended, and
   the wall time of each launch is kept in a `.json` next to the log.
 Defaults follow the reference configs.
 - Train ratio, in updates per agent step: tdmpc 1 (TD-MPC2: one update per step). dreamer 0.5:
@@ -256,8 +257,10 @@ def read_tsv(path: Path) -> list[tuple[int, float]]:
 
 
 def run_dir_name(world_model: str, preset: str, train_ratio: float, seed_steps: int | None,
-                 episode_steps: int | None) -> str:
+                 episode_steps: int | None, settings: dict[str, str] | None = None) -> str:
     name = f"{world_model}-{preset}"
+    for key, value in sorted((settings or {}).items()):
+        name += f"-{key}={value}"
     if train_ratio != REFERENCE_TRAIN_RATIO[world_model]:
         name += f"-tr{train_ratio:g}"
     if seed_steps is not None:
@@ -265,6 +268,22 @@ def run_dir_name(world_model: str, preset: str, train_ratio: float, seed_steps: 
     if episode_steps:
         name += f"-ep{episode_steps}"
     return name
+
+
+def parse_settings(values: list[str] | None, world_models: list[str]) -> dict[str, dict[str, str]]:
+    """`--set dreamer:actor_grad=dynamics` -> {"dreamer": {"actor_grad": "dynamics"}}; `--set KEY=VALUE`
+    without a world model sets it for every world model run."""
+    chosen: dict[str, dict[str, str]] = {wm: {} for wm in ALGORITHM}
+    for value in values or []:
+        target, _, setting = value.rpartition(":")
+        key, equals, number = setting.partition("=")
+        if not equals or not key or not number:
+            raise SystemExit(f"--set: '{value}' is not [WORLD_MODEL:]KEY=VALUE")
+        if target and target not in ALGORITHM:
+            raise SystemExit(f"--set: unknown world model '{target}' (dreamer, tdmpc)")
+        for wm in [target] if target else world_models:
+            chosen[wm][key] = number
+    return chosen
 
 
 def parse_per_world_model(values: list[str] | None, world_models: list[str], kind: type, flag: str) -> dict:
@@ -576,7 +595,8 @@ def plot_task(task: str, groups: list[dict[str, Any]], x_axis: str, path: Path,
             ax.fill_between(xs, [p["min"] for p in ours], [p["max"] for p in ours], color="tab:blue", alpha=0.25,
                             linewidth=0, label=f"ours min-max ({_count(sum(1 for run in group['runs'] if run['evaluations']), 'seed')})")
             ax.plot(xs, [p["mean"] for p in ours], "-o", color="tab:blue", markersize=3,
-                    label=f"ours: {group['world_model']} {group['encoder']} (mean)")
+                    label=f"ours: {group['world_model']} {group['encoder']} (mean)"
+                          + "".join(f", {key}={value}" for key, value in sorted(group.get("settings", {}).items())))
         randoms = [run["random_return"] for run in group["runs"] if run["random_return"] is not None]
         if randoms:
             ax.axhline(sum(randoms) / len(randoms), color="tab:red", linestyle=":", linewidth=1,
@@ -669,6 +689,9 @@ def main() -> None:
     parser.add_argument("--compile", nargs="*", default=[], choices=["tdmpc"], metavar="WM",
                         help="world models whose runs pass `finetune --compile` (tdmpc: about 1.5x on the CPU); the "
                              "others take finetune's default, which compiles tdmpc runs of 10,000+ updates")
+    parser.add_argument("--set", nargs="+", metavar="[WM:]KEY=VALUE", dest="settings",
+                        help="`finetune --set` for a world model's runs (e.g. dreamer:actor_grad=dynamics); "
+                             "named in their run directory")
     parser.add_argument("--plot-only", action="store_true", help="start nothing; plot the runs as far as they got")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     args = parser.parse_args()
@@ -687,6 +710,7 @@ def main() -> None:
                                                                 "--train-ratio")
     seed_steps = {wm: None for wm in ALGORITHM} | parse_per_world_model(args.seed_steps, args.world_models, int,
                                                                          "--seed-steps")
+    settings = parse_settings(args.settings, args.world_models)
     workdir, out = args.workdir.resolve(), args.out.resolve()
     cores = None
     if not args.no_pin and shutil.which("taskset"):
@@ -711,7 +735,7 @@ def main() -> None:
                                              "--quiet"],
                 workdir / "logs" / "encode" / task / f"{encoder}.log", deps=[f"collect {task}"])
             for wm in args.world_models:
-                name = run_dir_name(wm, args.preset, train_ratio[wm], seed_steps[wm], args.episode_steps)
+                name = run_dir_name(wm, args.preset, train_ratio[wm], seed_steps[wm], args.episode_steps, settings[wm])
                 for seed in args.seeds:
                     rel = Path(task) / encoder / name / f"seed{seed}"
                     run_dir, log = workdir / "runs" / rel, workdir / "logs" / "runs" / rel.with_suffix(".log")
@@ -724,7 +748,9 @@ def main() -> None:
                                "--num-envs", str(args.num_envs),
                                *(["--max-steps", str(args.episode_steps)] if args.episode_steps else []),
                                "--device", args.device, "--threads", str(args.threads), "--quiet",
-                               *(["--compile"] if wm in args.compile else []), "--out", str(run_dir)]
+                               *(["--compile"] if wm in args.compile else []),
+                               *[arg for key, value in sorted(settings[wm].items()) for arg in ("--set", f"{key}={value}")],
+                               "--out", str(run_dir)]
                     record_file = out / "reference_curves_runs" / rel.with_suffix(".json")
                     runs[(task, encoder, wm, seed)] = (run_dir, log, wall_file, command, record_file)
                     key = f"finetune {task} {encoder} {wm} seed{seed}"
@@ -755,6 +781,7 @@ def main() -> None:
                 "comparable_to_published": args.episode_steps is None,
                 "train_ratio": {wm: train_ratio[wm] for wm in args.world_models},
                 "seed_steps_given": {wm: seed_steps[wm] for wm in args.world_models},
+                "settings": {wm: settings[wm] for wm in args.world_models},
                 "target_ratio": TARGET_RATIO, "plot_only": args.plot_only, "wall_s": wall_s,
                 "published_csv": {"path": str(PUBLISHED_CSV.relative_to(REPO)),
                                   "sha256": hashlib.sha256(PUBLISHED_CSV.read_bytes()).hexdigest()},
@@ -787,7 +814,7 @@ def main() -> None:
                 recorded = sorted({run["seed_steps"] for run in seeds if run["seed_steps"] is not None})
                 group = {"world_model": wm, "encoder": encoder, "observation": obs, "preset": args.preset,
                          "env_steps": env_steps[wm], "simulator_steps": env_steps[wm] * repeat,
-                         "train_ratio": train_ratio[wm],
+                         "train_ratio": train_ratio[wm], "settings": settings[wm],
                          "seed_steps": recorded[0] if len(recorded) == 1 else (recorded or seed_steps[wm]),
                          "action_repeat": repeat,
                          "runs": seeds, "ours": ours, "published": None, "last_point": last, "targets": target_rows}

@@ -120,6 +120,13 @@ def test_read_tsv_and_names(tmp_path):
         {"tdmpc": 2.0, "dreamer": 1.0}
     with pytest.raises(SystemExit):
         rc.parse_per_world_model(["sac=1"], ["tdmpc"], float, "--train-ratio")
+    settings = rc.parse_settings(["dreamer:actor_grad=dynamics", "embed_head=mlp"], ["tdmpc", "dreamer"])
+    assert settings == {"tdmpc": {"embed_head": "mlp"}, "dreamer": {"actor_grad": "dynamics", "embed_head": "mlp"}}
+    assert rc.run_dir_name("dreamer", "xs", 0.5, None, None, settings["dreamer"]) == \
+        "dreamer-xs-actor_grad=dynamics-embed_head=mlp"
+    for bad in (["sac:lr=1"], ["dreamer:lr"], ["=1"]):
+        with pytest.raises(SystemExit):
+            rc.parse_settings(bad, ["dreamer"])
 
 
 def test_a_seed_without_a_run_directory_is_drawn_from_its_record(tmp_path):
