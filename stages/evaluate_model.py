@@ -32,12 +32,11 @@ from pipeline.errors import UserError
 from pipeline.storage.atomic_files import write_bytes_atomic, write_json_atomic
 from pipeline.storage.checkpoint import load_checkpoint, restore_model
 from pipeline.storage.embedding_store import arrays_sha256, read_store
-from pipeline.storage.runs import CHECKPOINT, QUALITY_DIR, RUN_FILE, recorded_path
+from pipeline.storage.runs import CHECKPOINT, PREDICTION_ERROR_FILE, QUALITY_DIR, RUN_FILE, recorded_path
 from pipeline.storage.writer_lock import writer_lock
 from world_models.replay import Replay
 
 METRICS_FILE = "metrics.json"
-CURVE_FILE = "prediction_error.tsv"
 
 
 def run(cfg: EvaluateModelConfig) -> Path:
@@ -103,7 +102,7 @@ def run(cfg: EvaluateModelConfig) -> Path:
         rows = ["\t".join(header)] + [
             "\t".join([str(k + 1), *(f"{c['model'][k]:.6g}" for c in curves.values()),
                        *(f"{c['copy_last'][k]:.6g}" for c in curves.values())]) for k in range(horizon)]
-        write_bytes_atomic(out / CURVE_FILE, ("\n".join(rows) + "\n").encode())
+        write_bytes_atomic(out / PREDICTION_ERROR_FILE, ("\n".join(rows) + "\n").encode())
         return out
 
 

@@ -29,7 +29,7 @@ from pipeline.config import ReportConfig  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline import __version__  # noqa: E402
 from pipeline.storage.atomic_files import write_bytes_atomic  # noqa: E402
-from pipeline.storage.runs import EVALUATION_DIR, FINETUNE_DIR, FINETUNE_FILE, LIVE_DIR, read_yaml  # noqa: E402
+from pipeline.storage.runs import EVALUATION_DIR, FINETUNE_FILE, LIVE_DIR, PREDICTION_ERROR_FILE, read_yaml  # noqa: E402
 from pipeline.storage.writer_lock import writer_lock  # noqa: E402
 
 METRICS = {  # column -> (label, higher is better)
@@ -76,7 +76,7 @@ class Study:
 
 
 def load_study(runs: Path, reps: int, seed: int) -> Study:
-    files = sorted(runs.rglob("quality/metrics.json"))
+    files = sorted(curve.with_name("metrics.json") for curve in runs.rglob(PREDICTION_ERROR_FILE))
     if not files:
         raise UserError(f"no run metrics under '{runs}'; run `pvr-pipe train` and `pvr-pipe evaluate-model` first")
     rows, curves, metric_names, train_variants = [], {}, {}, set()
@@ -85,7 +85,7 @@ def load_study(runs: Path, reps: int, seed: int) -> Study:
         about = metrics.pop("about")
         train_variants.add(about["train_variant"])
         metric_names[about["world_model"]] = about["prediction_metric"]
-        table = _read_tsv(path.with_name("prediction_error.tsv"))
+        table = _read_tsv(path.with_name(PREDICTION_ERROR_FILE))
         for variant, m in metrics.items():
             key = (about["encoder"], about["world_model"], about["seed"], variant)
             curves[key] = table[variant]
@@ -106,7 +106,7 @@ def load_study(runs: Path, reps: int, seed: int) -> Study:
 
 def load_online(runs: Path) -> Online:
     curves, random_return, rows = {}, {}, []
-    for info_path in sorted(runs.rglob(f"{FINETUNE_DIR}/{FINETUNE_FILE}")):
+    for info_path in sorted(runs.rglob(FINETUNE_FILE)):
         info = read_yaml(info_path)
         identity = info["identity"]
         key = (info["encoder"], identity["world_model"], identity["seed"])

@@ -99,10 +99,11 @@ def check_study(data: dict[str, Any], source: str) -> dict[str, int]:
     for variant in data["evaluate"].get("variants", []):
         if variant not in study["variants"]:
             fail("evaluate.variants", f"'{variant}' is not one of study.variants")
-    runs = len(study["envs"]) * len(study["encoders"]) * len(study["world_models"]) * len(study["seeds"])
+    branches = len(study["envs"]) * len(study["encoders"]) * len(study["world_models"])
+    runs = branches * len(study["seeds"])
     return {"collect": len(study["envs"]) * len(study["variants"]),
             "encode": len(study["envs"]) * len(study["variants"]) * len(study["encoders"]),
-            "train": runs, "evaluate-model": runs, "finetune": runs, "evaluate": runs, "report": 1}
+            "train": branches, "evaluate-model": runs, "finetune": runs, "evaluate": runs, "report": 1}
 
 
 def apply_settings(data: dict[str, Any], settings: list[str], source: str) -> dict[str, Any]:

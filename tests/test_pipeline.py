@@ -62,12 +62,15 @@ def write_params(repo: Path, params: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-PER_RUN = ("train", "evaluate-model", "finetune", "evaluate")
+PER_SEED = ("evaluate-model", "finetune", "evaluate")
 
 
 def branch(encoders, world_models, seeds) -> set[str]:
-    return {f"{stage}@cartpole_swingup-{e}-{wm}-{seed}" for stage in PER_RUN for e in encoders
-            for wm in world_models for seed in seeds}
+    """One train stage per (encoder, world model) over every seed (DVC names its one item `seeds0`),
+    the other stages per seed."""
+    return ({f"train@cartpole_swingup-{e}-{wm}-seeds0" for e in encoders for wm in world_models}
+            | {f"{stage}@cartpole_swingup-{e}-{wm}-{seed}" for stage in PER_SEED for e in encoders
+               for wm in world_models for seed in seeds})
 
 
 @pytest.mark.timeout(1200)   # 13 DVC stages; about 8 min when the machine is shared
@@ -82,9 +85,9 @@ def test_tiny_study_runs_reruns_nothing_and_is_shared_through_a_remote(repo_copy
                  "returns_ood.png", "returns.csv"):
         assert (repo / "reports" / name).stat().st_size > 0, name
     assert "nothing to group" in (repo / "reports/report.md").read_text()    # one encoder: no property plot
-    quality = repo / "runs/cartpole_swingup/pixels/dreamer/seed0/quality/metrics.json"
+    quality = repo / "runs/cartpole_swingup/pixels/dreamer/quality/seed0/metrics.json"
     assert {"train", "texture"} <= set(yaml.safe_load(quality.read_text()))
-    returns = repo / "runs/cartpole_swingup/pixels/dreamer/seed0/finetune/evaluation/metrics.json"
+    returns = repo / "runs/cartpole_swingup/pixels/dreamer/finetune/seed0/evaluation/metrics.json"
     assert {"train", "texture", "random"} <= set(yaml.safe_load(returns.read_text()))
 
     second = sh("dvc", "repro", cwd=repo)
@@ -92,8 +95,8 @@ def test_tiny_study_runs_reruns_nothing_and_is_shared_through_a_remote(repo_copy
 
     # (that a changed setting reruns only its branch: the slow test below)
     metrics = sh("dvc", "metrics", "show", cwd=repo).stdout
-    assert "quality/metrics.json" in metrics and "live/metrics.json" in metrics
-    assert "evaluation/metrics.json" in metrics and "finetune/live/metrics.json" in metrics
+    assert "quality/seed0/metrics.json" in metrics and "finetune/seed0/live/metrics.json" in metrics
+    assert "evaluation/metrics.json" in metrics
     sh("dvc", "plots", "show", "-o", "plots_html", cwd=repo)
     assert (repo / "plots_html/index.html").exists()
 
@@ -120,7 +123,7 @@ def test_a_changed_parameter_reruns_only_its_branch_across_encoders_and_seeds(re
     repo = repo_copy
     encoders, seeds = ["pixels", "efficientnet-lite0"], [0, 1]
     params = make_tiny(repo, encoders=encoders, seeds=seeds)
-    assert len(ran_stages(sh("dvc", "repro", cwd=repo).stdout)) == 2 + 4 + 4 * 8 + 1
+    assert len(ran_stages(sh("dvc", "repro", cwd=repo).stdout)) == 2 + 4 + 4 + 3 * 8 + 1
     assert (repo / "reports/properties.png").stat().st_size > 0
 
     params["world_models"]["tdmpc"]["settings"]["lr"] = 1e-3

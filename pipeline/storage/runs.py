@@ -8,6 +8,16 @@
                                                       live/, timing/
             evaluation/                               evaluate: metrics.json, frames/<look>.png
 
+That is where the verbs write by default. The DVC study (dvc.yaml) gives each stage its own folder
+instead, because one train stage writes every seed of an (env, encoder, world model) and a DVC
+output folder holds one stage's files:
+
+    runs/<env>/<encoder>/<world_model>/offline/seed<k>/    train
+                                      /quality/seed<k>/    evaluate-model
+                                      /finetune/seed<k>/   finetune; evaluation/ below it
+
+The report finds runs by their files, wherever they are.
+
 `live/` holds what the run computed (losses, returns); `timing/` its wall-clock speeds, which no
 two runs share, so they stay out of the files DVC hashes. Paths that a run's files record are
 relative to the folder of the file, so a run works from any folder and a moved workspace keeps
@@ -31,6 +41,7 @@ CHECKPOINT = "checkpoint.safetensors"
 LIVE_DIR = "live"
 TIMING_DIR = "timing"
 QUALITY_DIR = "quality"
+PREDICTION_ERROR_FILE = "prediction_error.tsv"   # evaluate-model's curve, next to its metrics.json
 FINETUNE_DIR = "finetune"
 FINETUNE_FILE = "finetune.yaml"
 AGENT_CHECKPOINT = "agent.safetensors"
