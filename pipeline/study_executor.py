@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,16 +36,19 @@ DRIVER_THREAD_SETTINGS = {name: os.environ.get(name) for name in THREAD_VARIABLE
 
 def run_stage_command(cmd: str, wdir: str, log_path: str, thread_settings: dict[str, str | None]) -> int:
     """On a worker: the stage's command, with the worker's own pvr-pipe first on PATH; it dies with
-    the worker (a killed study leaves no stage running)."""
+    the worker (a killed study leaves no stage running). Its log ends with its exit code and wall time."""
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     for name, value in thread_settings.items():
         if value is None:
             env.pop(name, None)
         else:
             env[name] = value
+    started = time.monotonic()
     with open(log_path, "wb") as log:
-        return subprocess.run(["bash", "-c", cmd], cwd=wdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              preexec_fn=_die_with_parent).returncode
+        rc = subprocess.run(["bash", "-c", cmd], cwd=wdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent).returncode
+        log.write(f"[pvr-pipe study] exit {rc} after {time.monotonic() - started:.1f} s\n".encode())
+    return rc
 
 
 def _die_with_parent() -> None:

@@ -47,7 +47,8 @@ def test_stages_run_after_what_they_read_and_a_failure_stops_only_what_depends_o
     assert list(outcome.failed) == ["broken"] and sorted(outcome.not_run) == ["evaluate", "report"]
     assert graph.recorded == ["encode", "train"]                 # recorded as each finished, in order
     assert (tmp_path / "run").read_text() == "data\n" and not (tmp_path / "never").exists()
-    assert "wrong" in open(outcome.failed["broken"]).read()       # its log holds what it said
+    log = open(outcome.failed["broken"]).read()
+    assert "wrong" in log and "[pvr-pipe study] exit 3 after" in log   # what it said, its exit and wall time
     assert seen[-1] == {"done": 3, "running": 0, "failed": 1, "left": 2}
 
 
