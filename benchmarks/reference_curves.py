@@ -46,7 +46,8 @@ What runs (all under `--workdir`, default `benchmarks/runs/`, which git ignores)
   --out W/runs/<task>/<encoder>/<wm>-<preset>/seed<s>`. A train ratio other than the reference
   one, a `--seed-steps` and an `--episode-steps` are named in the directory
   (`<wm>-<preset>-tr1-ss0-ep100`), and so is each `--set WM:KEY=VALUE`, which passes
-  `finetune --set KEY=VALUE` to that world model's runs (`dreamer-xs-actor_grad=dynamics`). Logs go to `W/logs/` beside it: each launch is appended, and
+  `finetune --set KEY=VALUE` to that world model's runs (`dreamer-xs-actor_grad=dynamics`).
+  Logs go to `W/logs/` beside it: each launch is appended, and
   the wall time of each launch is kept in a `.json` next to the log.
 Defaults follow the reference configs.
 - Train ratio, in updates per agent step: tdmpc 1 (TD-MPC2: one update per step). dreamer 0.5:
@@ -276,13 +277,13 @@ def parse_settings(values: list[str] | None, world_models: list[str]) -> dict[st
     chosen: dict[str, dict[str, str]] = {wm: {} for wm in ALGORITHM}
     for value in values or []:
         target, _, setting = value.rpartition(":")
-        key, equals, number = setting.partition("=")
-        if not equals or not key or not number:
+        key, equals, text = setting.partition("=")
+        if not equals or not key or not text:
             raise SystemExit(f"--set: '{value}' is not [WORLD_MODEL:]KEY=VALUE")
         if target and target not in ALGORITHM:
             raise SystemExit(f"--set: unknown world model '{target}' (dreamer, tdmpc)")
         for wm in [target] if target else world_models:
-            chosen[wm][key] = number
+            chosen[wm][key] = text
     return chosen
 
 
@@ -596,7 +597,7 @@ def plot_task(task: str, groups: list[dict[str, Any]], x_axis: str, path: Path,
                             linewidth=0, label=f"ours min-max ({_count(sum(1 for run in group['runs'] if run['evaluations']), 'seed')})")
             ax.plot(xs, [p["mean"] for p in ours], "-o", color="tab:blue", markersize=3,
                     label=f"ours: {group['world_model']} {group['encoder']} (mean)"
-                          + "".join(f", {key}={value}" for key, value in sorted(group.get("settings", {}).items())))
+                          + "".join(f", {key}={value}" for key, value in sorted(group["settings"].items())))
         randoms = [run["random_return"] for run in group["runs"] if run["random_return"] is not None]
         if randoms:
             ax.axhline(sum(randoms) / len(randoms), color="tab:red", linestyle=":", linewidth=1,
