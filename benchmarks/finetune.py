@@ -71,7 +71,7 @@ def main() -> None:
             run_dir = train.run(TrainConfig(store=store, world_model=world_model, preset=args.preset, settings=settings,
                                             updates=10, out=tmp / "runs" / encoder / world_model, device=args.device),
                                 show_progress=False)[0]
-            out = finetune.run(FinetuneConfig(run=run_dir, env_steps=args.steps, eval_every=10 ** 9, eval_episodes=1,
+            out, = finetune.run(FinetuneConfig(run=run_dir, env_steps=args.steps, eval_every=10 ** 9, eval_episodes=1,
                                               num_envs=args.num_envs, device=args.device), show_progress=False)
             progress = load_checkpoint(out / AGENT_CHECKPOINT)["progress"]
             seconds = read_summary(out / TIMING_DIR)["seconds"]

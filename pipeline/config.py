@@ -159,8 +159,10 @@ class FinetuneConfig(StrictConfig):
     preset: Literal["xs", "s", "m", "l"] = Field("s", description="without --run: its size")
     settings: dict[str, Any] = Field(default_factory=dict, description="settings over the preset (with --run: over "
                                                                        "the run's, except those that shape weights)")
-    seed: int = Field(0, ge=0)
-    out: Path | None = Field(None, description="default: <run>/finetune, or .../seed<k>/scratch without --run")
+    seed: NonNegativeInt | list[NonNegativeInt] = Field(0, description="one seed, or several (tdmpc: learning as "
+                                                                       "one batched model)")
+    out: Path | None = Field(None, description="default: <run>/finetune, or .../seed<k>/scratch without --run; "
+                                               "{seed} in it (and in --run) stands for each seed")
     env_steps: int = Field(5000, gt=0, description="agent steps in the env, in total")
     num_envs: int = Field(1, gt=0, description="envs stepped in parallel, one episode each per round")
     train_ratio: float | None = Field(None, ge=0, description="gradient updates per agent step; default: "
@@ -178,6 +180,10 @@ class FinetuneConfig(StrictConfig):
     threads: int | None = Field(None, gt=0, description="torch threads")
     compile: bool | Literal["auto"] = Field("auto", description="torch.compile the update (tdmpc: and its "
                                                       "planning); auto: tdmpc on runs of 10,000 updates or more")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed] if isinstance(self.seed, int) else list(self.seed)
 
 
 class EvaluateConfig(StrictConfig):

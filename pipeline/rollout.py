@@ -126,19 +126,23 @@ class RandomActor:
 
 def play_episodes(pool: EnvPool, encoder: StoreEncoder, actor: Callable[[np.ndarray, np.ndarray], np.ndarray],
                   seeds: list[int], max_steps: int | None = None,
-                  after_step: Callable[[int], None] | None = None,
-                  timer: StepTimer | None = None) -> list[PlayedEpisode]:
+                  after_step: Callable[[list[int]], None] | None = None,
+                  timer: StepTimer | None = None, blocks: int = 1) -> list[PlayedEpisode]:
     """One episode per seed, in envs 0..len(seeds)-1 of `pool`, all started together.
 
-    `after_step(n)` runs after every parallel step of n envs (fine-tuning trains there).
+    `after_step(envs)` runs after every parallel step with the envs that stepped (fine-tuning
+    trains there). With `blocks` > 1 the envs fall into that many equal consecutive blocks, one
+    per seed of a batched agent, and each block's frames are encoded apart, in the batches a lone
+    seed's would be (an encoder's rounding may depend on its batch size).
     """
     timer = timer or StepTimer()
     count, space = len(seeds), pool.action_space
+    block_size = count // blocks
     with timer("simulator"):
         observations = pool.reset(seeds)
     first_frames = [obs["image"] for obs in observations]
     with timer("encoder"):
-        features = encoder.observe(observations)
+        features = _encode_by_block(encoder, observations, list(range(count)), block_size)
     record = [defaultdict(list) for _ in range(count)]
     for i, obs in enumerate(observations):
         record[i]["feature"].append(features[i].copy())   # `features` is overwritten as the envs step
@@ -153,7 +157,7 @@ def play_episodes(pool: EnvPool, encoder: StoreEncoder, actor: Callable[[np.ndar
             results = pool.step(env_actions)
         stepped = sorted(results)
         with timer("encoder"):
-            new_features = encoder.observe([results[i][0] for i in stepped])
+            new_features = _encode_by_block(encoder, [results[i][0] for i in stepped], stepped, block_size)
         for row, i in enumerate(stepped):
             observation, reward, terminated, truncated = results[i]
             episode = record[i]
@@ -167,8 +171,34 @@ def play_episodes(pool: EnvPool, encoder: StoreEncoder, actor: Callable[[np.ndar
                 episode["terminated"] = terminated
         is_first[:] = False
         if after_step is not None:
-            after_step(len(stepped))
+            after_step(stepped)
     return [_finish(episode, encoder.feature, first_frames[i]) for i, episode in enumerate(record)]
+
+
+def _encode_by_block(encoder: StoreEncoder, observations: list[dict], envs: list[int], block_size: int) -> np.ndarray:
+    """The features of the observations of `envs` (ascending), encoded one block of envs at a time."""
+    parts, first = [], 0
+    while first < len(envs):
+        last = first
+        while last < len(envs) and envs[last] // block_size == envs[first] // block_size:
+            last += 1
+        parts.append(encoder.observe(observations[first:last]))
+        first = last
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class BlockActor:
+    """Equal consecutive blocks of envs, each acted for by its own actor (one per seed of a
+    batched fine-tune, e.g. each seed's random actions from its own generator)."""
+
+    def __init__(self, actors: list):
+        self.actors = actors
+
+    def __call__(self, features: np.ndarray, is_first: np.ndarray) -> np.ndarray:
+        size = len(features) // len(self.actors)
+        parts = [actor(features[k * size:(k + 1) * size], is_first[k * size:(k + 1) * size])
+                 for k, actor in enumerate(self.actors)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def random_returns(settings: dict, variant: str, seeds: list[int], max_steps: int | None) -> list[float]:
@@ -194,17 +224,24 @@ def random_returns(settings: dict, variant: str, seeds: list[int], max_steps: in
     return returns
 
 
-def evaluate_agent(agent, pool: EnvPool, encoder: StoreEncoder, seeds: list[int], max_steps: int | None,
-                   device: str, rng_seed: int):
+def evaluate_agent(agent, pool: EnvPool, encoder: StoreEncoder, seeds: list[list[int]], max_steps: int | None,
+                   device: str, rng_seeds: tuple[int, ...]) -> list[list[PlayedEpisode]]:
     """Episodes without exploration, on their own RNG (torch's, and the agent's own generators):
-    evaluating never changes training."""
-    episodes = []
-    with torch.random.fork_rng(), agent.forked_noise(rng_seed):
-        torch.manual_seed(rng_seed)
-        for first in range(0, len(seeds), pool.count):
-            batch = seeds[first:first + pool.count]
-            episodes += play_episodes(pool, encoder, AgentActor(agent, device, explore=False), batch, max_steps)
-    return episodes
+    evaluating never changes training. Seed k of the agent's model (one, or each seed of a
+    batched tdmpc) plays the episodes `seeds[k]` on the generators of `rng_seeds[k]`, in blocks of
+    `pool.count / len(seeds)` envs, as it would alone."""
+    blocks, per_block = len(seeds), pool.count // len(seeds)
+    played: list[list[PlayedEpisode]] = [[] for _ in seeds]
+    with torch.random.fork_rng(), agent.forked_noise(tuple(rng_seeds)):
+        torch.manual_seed(rng_seeds[0])   # dreamer acts from torch's generator (its models hold one seed)
+        for first in range(0, len(seeds[0]), per_block):
+            chunk = [block[first:first + per_block] for block in seeds]
+            episodes = play_episodes(pool, encoder, AgentActor(agent, device, explore=False),
+                                     [seed for block in chunk for seed in block], max_steps, blocks=blocks)
+            size = len(chunk[0])
+            for k in range(blocks):
+                played[k] += episodes[k * size:(k + 1) * size]
+    return played
 
 
 def _finish(episode: dict, feature: str, first_frame: np.ndarray) -> PlayedEpisode:

@@ -164,8 +164,10 @@ def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **opti
 @click.option("--preset", help="Without --run: size xs, s, m, l.")
 @click.option("--set", "settings", metavar="KEY=VALUE", multiple=True,
               help="Setting over the preset (with --run: over the run's, if it does not shape the weights).")
-@click.option("--seed", type=int, help="Seed of the agent, its episodes and batches.")
-@click.option("--out", type=click.Path(path_type=Path), help="Directory; default <run>/finetune.")
+@click.option("--seed", "seeds", type=int, multiple=True,
+              help="Seed of the agent, its episodes and batches; repeat it for several (tdmpc: one batched model).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Directory; default <run>/finetune. {seed} in it, and in --run, stands for each seed.")
 @click.option("--env-steps", type=int, help="Agent steps in the env, in total.")
 @click.option("--num-envs", type=int, help="Envs stepped in parallel (one process each).")
 @click.option("--train-ratio", type=float, help="Gradient updates per agent step (default: dreamer 0.5, tdmpc 1).")
@@ -182,13 +184,16 @@ def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **opti
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the update (tdmpc: and planning); default: tdmpc runs of 10,000+ updates.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def finetune(config_refs: tuple[str, ...], settings: tuple[str, ...], quiet: bool, compile_: bool | None,
-             **options) -> None:
+def finetune(config_refs: tuple[str, ...], settings: tuple[str, ...], seeds: tuple[int, ...], quiet: bool,
+             compile_: bool | None, **options) -> None:
     """Learn online with the frozen PVR in the loop, from an offline run or from nothing; resumable."""
     from stages import finetune as finetune_stage
 
-    cfg = load_config_with_settings(FinetuneConfig, config_refs, options | {"compile": compile_}, settings)
-    click.echo(finetune_stage.run(cfg, show_progress=not quiet))
+    seed = (seeds[0] if len(seeds) == 1 else list(seeds)) if seeds else None
+    cfg = load_config_with_settings(FinetuneConfig, config_refs, options | {"compile": compile_, "seed": seed},
+                                    settings)
+    for out in finetune_stage.run(cfg, show_progress=not quiet):
+        click.echo(out)
 
 
 @cli.command()

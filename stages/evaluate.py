@@ -67,7 +67,7 @@ def run(cfg: EvaluateConfig) -> Path:
                    "random": {"return_mean": float(np.mean(random)), "returns": random}}
         for variant in variants:
             with make_pool(settings, variant, cfg.num_envs, step_frames=encoder.reads == "image") as pool:
-                played = evaluate_agent(agent, pool, encoder, seeds, max_steps, cfg.device, cfg.seed)
+                played, = evaluate_agent(agent, pool, encoder, [seeds], max_steps, cfg.device, (cfg.seed,))
             Image.fromarray(played[0].first_frame).save(out / "frames" / f"{variant}.png")
             returns = [episode.total_return for episode in played]
             metrics[variant] = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),

@@ -33,14 +33,13 @@ from pipeline import __version__
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.storage.atomic_files import write_bytes_atomic
-from pipeline.storage.checkpoint import load_checkpoint, restore_states, save_checkpoint
+from pipeline.storage.checkpoint import load_checkpoint, restore_seed_states, save_checkpoint, seed_states
 from pipeline.storage.embedding_store import arrays_sha256, read_store
 from pipeline.storage.live_metrics import open_live
 from pipeline.storage.runs import (CHECKPOINT, FINETUNE_DIR, LIVE_DIR, QUALITY_DIR, RUN_FILE, TIMING_DIR,
                                    left_by_a_run, path_to_record)
 from pipeline.storage.writer_lock import writer_lock
 from pipeline.task_settings import task_settings
-from world_models.optimizers import optimizer_state_of_seed, stacked_optimizer_state
 from world_models.registry import compile_mode, compiles, make_world_model, world_model_config
 from world_models.replay import Replay, split_episodes
 
@@ -138,7 +137,7 @@ def _train(cfg: TrainConfig, wm_config, runs: list[SeedRun], replay: Replay, spe
         model.compile(compile_mode(cfg.device))
     optimizers = model.make_optimizers()
     if start:
-        _restore(model, optimizers, runs)
+        restore_seed_states(model, optimizers, [r.checkpoint for r in runs], [r.rng for r in runs], "model")
     for seed_run in runs:
         seed_run.out.mkdir(parents=True, exist_ok=True)
         run_info = {"identity": seed_run.identity, "store": path_to_record(store, seed_run.out),
@@ -186,7 +185,7 @@ def _train(cfg: TrainConfig, wm_config, runs: list[SeedRun], replay: Replay, spe
                 timed, window_start = 0, time.perf_counter()
             if update % cfg.checkpoint_every == 0 or update == cfg.updates:
                 for k, seed_run in enumerate(runs):
-                    model_state, optimizer_states, torch_rng = _seed_state(model, optimizers, k, len(runs))
+                    model_state, optimizer_states, torch_rng = seed_states(model, optimizers, k, len(runs))
                     save_checkpoint(seed_run.out / CHECKPOINT, model_state=model_state,
                                     optimizer_states=optimizer_states, update=update, rng=seed_run.rng,
                                     torch_rng=torch_rng, spec=spec,
@@ -200,30 +199,6 @@ def _log_window(seed_run: SeedRun, update: int, updates_per_s: float) -> None:
     seed_run.live.make_summary()
     seed_run.timing.log_metric("updates_per_s", updates_per_s)
     seed_run.timing.make_summary()
-
-
-def _seed_state(model, optimizers: dict, k: int, count: int) -> tuple[dict, dict, torch.Tensor]:
-    """Seed k's model and optimiser state dicts and torch generator state, as its lone run holds them.
-    A model of several seeds (tdmpc) draws nothing from torch's global generator, so a lone run's
-    is as seeding left it."""
-    if count == 1:
-        return model.state_dict(), {n: o.state_dict() for n, o in optimizers.items()}, torch.get_rng_state()
-    return (model.seed_state(k), {n: optimizer_state_of_seed(o.state_dict(), k) for n, o in optimizers.items()},
-            torch.Generator().manual_seed(model.seeds[k]).get_state())
-
-
-def _restore(model, optimizers: dict, runs: list[SeedRun]) -> None:
-    """Weights, optimiser states and generators of every seed from its checkpoint."""
-    checkpoints = [r.checkpoint for r in runs]
-    if len(runs) == 1:
-        model.load_state_dict(checkpoints[0]["model"])
-        restore_states(checkpoints[0], optimizers, runs[0].rng)
-        return
-    model.load_seed_states([c["model"] for c in checkpoints])
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(stacked_optimizer_state([c["optimizers"][name] for c in checkpoints]))
-    for seed_run in runs:
-        seed_run.rng.bit_generator.state = seed_run.checkpoint["rng"]["numpy"]
 
 
 def _check_run_dir(out: Path, identity: dict) -> None:

@@ -60,7 +60,7 @@ def test_a_short_finetune_beats_the_random_policy_by_a_clear_margin(toy_pixels, 
     updates, settings = LEARNING[world_model]
     run_dir = train.run(TrainConfig(store=toy_pixels, world_model=world_model, preset="xs", settings=settings,
                                     updates=updates, seed=0, out=tmp_path / "run"), show_progress=False)[0]
-    out = finetune.run(FinetuneConfig(run=run_dir, env_steps=200, eval_every=100, eval_episodes=4, seed=0),
+    out, = finetune.run(FinetuneConfig(run=run_dir, env_steps=200, eval_every=100, eval_episodes=4, seed=0),
                        show_progress=False)
     rows = (out / "live/plots/metrics/eval/return.tsv").read_text().splitlines()[1:]
     returns = [float(row.split("\t")[1]) for row in rows]
@@ -94,7 +94,7 @@ def test_the_online_encoder_gives_the_cached_features_for_the_same_frames(tmp_pa
 
 def test_finetune_writes_a_learning_curve_an_online_store_and_an_agent_that_acts(toy_run):
     root, run_dir = toy_run
-    out = finetune.run(FinetuneConfig(run=run_dir, env_steps=50, eval_every=25, eval_episodes=1, train_ratio=0.2),
+    out, = finetune.run(FinetuneConfig(run=run_dir, env_steps=50, eval_every=25, eval_episodes=1, train_ratio=0.2),
                        show_progress=False)
     assert out == run_dir / "finetune"
     curve = (out / "live/plots/metrics/eval/return.tsv").read_text().splitlines()

@@ -29,7 +29,7 @@ def test_state_store_holds_the_states_and_online_agents_see_the_envs_state(tmp_p
     observation, _ = env.reset(seed=5)
     np.testing.assert_array_equal(StoreEncoder(attrs).observe([observation])[0], observation["state"])
 
-    out = finetune.run(FinetuneConfig(store=store, world_model="tdmpc", preset="xs", offline_fraction=0,
+    out, = finetune.run(FinetuneConfig(store=store, world_model="tdmpc", preset="xs", offline_fraction=0,
                                       seed_steps=30, env_steps=60, eval_every=30, eval_episodes=1,
                                       out=tmp_path / "ft"), show_progress=False)
     online, _, _ = read_store(str(out / "online.zarr"))

@@ -85,9 +85,9 @@ def test_planning_inside_a_forked_stream_leaves_the_training_stream_where_it_was
     cfg = world_model_config("tdmpc", "xs", {})
     agents = [make_agent(make_world_model("tdmpc", cfg, "embedding", (5,), 1, seeds=(3,))).eval() for _ in range(2)]
     obs, first = torch.randn(2, 5), torch.ones(2, dtype=torch.bool)
-    with agents[0].forked_noise(11):
+    with agents[0].forked_noise((11,)):
         evaluated, _ = agents[0].act(obs, agents[0].initial_state(2), first, explore=False)
-    with agents[1].forked_noise(11):
+    with agents[1].forked_noise((11,)):
         again, _ = agents[1].act(obs, agents[1].initial_state(2), first, explore=False)
     torch.testing.assert_close(evaluated, again, rtol=0, atol=0)     # the forked stream is the seed's alone
     after = agents[0].act(obs, agents[0].initial_state(2), first, explore=True)[0]

@@ -116,7 +116,7 @@ class DreamerAgent(nn.Module):
         return two_hot_decode(F.softmax(logits, -1), self.world_model.bins)
 
     # -- acting ----------------------------------------------------------------------------------
-    def forked_noise(self, seed: int):
+    def forked_noise(self, seeds: tuple[int, ...]):
         """Acting draws from torch's global generator, which the caller forks: nothing to do here."""
         return nullcontext()
 

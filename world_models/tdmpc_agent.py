@@ -100,13 +100,14 @@ def plan(model: TDMPCWorldModel, z: torch.Tensor, previous_mean: torch.Tensor, n
 
 
 class TDMPCAgent(nn.Module):
-    """The planner for a one-seed model, with the interface the stages share with dreamer
-    (observations without the seed axis)."""
+    """The planner, with the interface the stages share with dreamer: observations as (B, ...)
+    rows, seed-major for a model of several seeds (B / seeds envs per seed)."""
 
     def __init__(self, world_model: TDMPCWorldModel):
         super().__init__()
         self.world_model, self.cfg = world_model, world_model.cfg
         self.action_dim = world_model.action_dim
+        self.seeds = world_model.seeds
         self._plan = plan
 
     def compile(self, mode: str = "default") -> None:
@@ -114,9 +115,10 @@ class TDMPCAgent(nn.Module):
         self._plan = torch.compile(plan, mode=mode, fullgraph=True)
         self.world_model.compile(mode)
 
-    def forked_noise(self, seed: int):
-        """A block in which planning draws from a fresh stream of `seed` (evaluation episodes)."""
-        return self.world_model.noise.forked((seed,))
+    def forked_noise(self, seeds: tuple[int, ...]):
+        """A block in which planning draws from fresh streams of `seeds`, one per seed of the model
+        (evaluation episodes)."""
+        return self.world_model.noise.forked(seeds)
 
     def initial_state(self, batch: int) -> dict[str, torch.Tensor | None]:
         device = self.world_model.bins.device
@@ -134,11 +136,11 @@ class TDMPCAgent(nn.Module):
             shifted = torch.cat([stack[:, 1:], obs.unsqueeze(1)], 1)
             stack = torch.where(is_first.view(-1, *[1] * (stack.dim() - 1)), fresh, shifted)
         previous_mean = state["mean"] * (~is_first).float().view(-1, 1, 1)
-        model = self.world_model
-        z = model.encode(model.single_seed({"obs": stack})["obs"])
-        noise = plan_noise(model, len(obs), z.device)
-        action, mean = self._plan(model, z, previous_mean.unsqueeze(0), noise, explore)
-        action, mean = action[0], mean[0]
+        model, seeds = self.world_model, len(self.seeds)
+        z = model.encode(stack.unflatten(0, (seeds, -1)))
+        noise = plan_noise(model, len(obs) // seeds, z.device)
+        action, mean = self._plan(model, z, previous_mean.unflatten(0, (seeds, -1)), noise, explore)
+        action, mean = action.flatten(0, 1), mean.flatten(0, 1)
         if model.discrete_actions:
             action = model.model_action(action)
         return action, {"stack": stack, "mean": mean}
@@ -148,3 +150,14 @@ class TDMPCAgent(nn.Module):
 
     def train_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         return self.world_model.train_step(batch, optimizers)
+
+    def update(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> list[dict[str, float]]:
+        """One update of every seed on its own batch (seeds, B, ...)."""
+        return self.world_model.update(batch, optimizers)
+
+    def seed_state(self, k: int) -> dict:
+        return {f"world_model.{name}": value for name, value in self.world_model.seed_state(k).items()}
+
+    def load_seed_states(self, states: list[dict]) -> None:
+        self.world_model.load_seed_states([{name.removeprefix("world_model."): value for name, value in state.items()}
+                                           for state in states])

@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.storage.atomic_files import write_bytes_atomic
+from world_models.optimizers import optimizer_state_of_seed, stacked_optimizer_state
 from world_models.registry import make_agent, make_world_model
 
 METADATA_KEY = "pvr_pipe"
@@ -40,14 +41,13 @@ def save_checkpoint(path: Path, *, model_state: dict[str, Any], optimizer_states
                        "rng": {"torch": torch_rng, "numpy": rng.bit_generator.state}})
 
 
-def save_agent_checkpoint(path: Path, *, agent: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                          rng: np.random.Generator, spec: dict[str, Any], progress: dict[str, Any],
-                          store_attrs: dict[str, Any]) -> None:
-    """A fine-tuned agent: weights, optimiser and RNG states, counters, and the provenance of the
-    store whose encoder it sees through (so it can act without anything else)."""
-    write_state(path, {"spec": spec, "agent": agent.state_dict(), "progress": progress, "store_attrs": store_attrs,
-                       "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                       "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}})
+def save_agent_checkpoint(path: Path, *, agent_state: dict[str, Any], optimizer_states: dict[str, dict],
+                          rng: np.random.Generator, torch_rng: torch.Tensor, spec: dict[str, Any],
+                          progress: dict[str, Any], store_attrs: dict[str, Any]) -> None:
+    """A fine-tuned agent (of one seed): weights, optimiser and RNG states, counters, and the
+    provenance of the store whose encoder it sees through (so it can act without anything else)."""
+    write_state(path, {"spec": spec, "agent": agent_state, "progress": progress, "store_attrs": store_attrs,
+                       "optimizers": optimizer_states, "rng": {"torch": torch_rng, "numpy": rng.bit_generator.state}})
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
@@ -127,3 +127,28 @@ def restore_states(checkpoint: dict[str, Any], optimizers: dict[str, torch.optim
         opt.load_state_dict(checkpoint["optimizers"][name])
     torch.set_rng_state(checkpoint["rng"]["torch"])
     rng.bit_generator.state = checkpoint["rng"]["numpy"]
+
+
+def seed_states(model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], k: int,
+                count: int) -> tuple[dict, dict, torch.Tensor]:
+    """Seed k's state dicts of `model` (a world model or an agent) and of its optimisers, and its
+    torch generator state, as its lone run holds them. A model of several seeds (tdmpc) draws
+    nothing from torch's global generator, so a lone run's is as seeding left it."""
+    if count == 1:
+        return model.state_dict(), {n: o.state_dict() for n, o in optimizers.items()}, torch.get_rng_state()
+    return (model.seed_state(k), {n: optimizer_state_of_seed(o.state_dict(), k) for n, o in optimizers.items()},
+            torch.Generator().manual_seed(model.seeds[k]).get_state())
+
+
+def restore_seed_states(model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], checkpoints: list[dict],
+                        rngs: list[np.random.Generator], key: str) -> None:
+    """Every seed's weights (`checkpoint[key]`), optimiser states and generators from its checkpoint."""
+    if len(checkpoints) == 1:
+        model.load_state_dict(checkpoints[0][key])
+        restore_states(checkpoints[0], optimizers, rngs[0])
+        return
+    model.load_seed_states([c[key] for c in checkpoints])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(stacked_optimizer_state([c["optimizers"][name] for c in checkpoints]))
+    for checkpoint, rng in zip(checkpoints, rngs):
+        rng.bit_generator.state = checkpoint["rng"]["numpy"]
