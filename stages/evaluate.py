@@ -28,7 +28,7 @@ from pipeline.envs.store_env import env_settings, make_pool
 from pipeline.errors import UserError
 from pipeline.rollout import PlayedEpisode, evaluate_agent, random_returns
 from pipeline.storage.atomic_files import write_json_atomic
-from pipeline.storage.runs import EVALUATION_DIR, load_agent
+from pipeline.storage.runs import EVALUATION_DIR, EVALUATION_FRAMES, agent_seed, load_agent
 from pipeline.storage.writer_lock import writer_lock
 from world_models.replay import Replay
 
@@ -55,12 +55,13 @@ def run(cfg: EvaluateConfig) -> Path:
     seeds = [int(s) for s in np.random.SeedSequence(cfg.seed, spawn_key=(EVAL_SEED_STREAM,)).generate_state(cfg.episodes)]
     out = cfg.out or cfg.run / EVALUATION_DIR
     with writer_lock(out, "evaluate"):
-        (out / "frames").mkdir(parents=True, exist_ok=True)
+        (out / EVALUATION_FRAMES).mkdir(parents=True, exist_ok=True)
 
         world_model = agent.world_model.eval()
         kind = type(world_model).__name__.removesuffix("WorldModel").lower()
         random = random_returns(settings, train_variant, seeds, max_steps)
-        metrics = {"about": {"run": str(cfg.run), "agent": name, "encoder": attrs["encoder"], "env": settings["env"],
+        metrics = {"about": {"run": str(cfg.run), "agent": name, "agent_seed": agent_seed(cfg.run),
+                             "encoder": attrs["encoder"], "env": settings["env"],
                              "train_variant": train_variant, "world_model": kind, "episodes": cfg.episodes,
                              "max_steps": max_steps, "seed": cfg.seed, "encoder_properties": attrs["properties"],
                              "prediction_metric": METRIC_NAME[kind], "pipeline_version": __version__},
@@ -68,7 +69,7 @@ def run(cfg: EvaluateConfig) -> Path:
         for variant in variants:
             with make_pool(settings, variant, cfg.num_envs, step_frames=encoder.reads == "image") as pool:
                 played, = evaluate_agent(agent, pool, encoder, [seeds], max_steps, cfg.device, (cfg.seed,))
-            Image.fromarray(played[0].first_frame).save(out / "frames" / f"{variant}.png")
+            Image.fromarray(played[0].first_frame).save(out / EVALUATION_FRAMES / f"{variant}.png")
             returns = [episode.total_return for episode in played]
             metrics[variant] = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
                                 "returns": returns, "model": _model_errors(world_model, played, encoder.feature,

@@ -1,9 +1,9 @@
 """`pvr-pipe report`: the study's tables and figures from every run's metrics.
 
-Reads `<runs>/**/quality/metrics.json` (written by `pvr-pipe evaluate-model`) and the
-prediction-error curves beside them, and, where agents were fine-tuned, their learning curves
-(`finetune/live/plots/metrics/eval/return.tsv`) and returns per look (`finetune/evaluation/
-metrics.json`). Writes to `<out>/`: `report.md` and `report.html` (same content), PNG figures,
+Reads every model-quality `metrics.json` under `<runs>` (written by `pvr-pipe evaluate-model`,
+found by the prediction-error curve beside it), and, where agents were fine-tuned, their learning
+curves (`live/plots/metrics/eval/return.tsv` beside each `finetune.yaml`) and returns per look
+(the `metrics.json` beside each evaluation's `frames/`). Writes to `<out>/`: `report.md` and `report.html` (same content), PNG figures,
 `results.csv` (one row per run and variant) and `returns.csv` (one row per agent and look).
 Aggregates over seeds are interquartile means with 95% percentile-bootstrap confidence intervals
 (as rliable), per encoder and world model and, as the paper does, per PVR property (ViT vs CNN,
@@ -29,7 +29,7 @@ from pipeline.config import ReportConfig  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline import __version__  # noqa: E402
 from pipeline.storage.atomic_files import write_bytes_atomic  # noqa: E402
-from pipeline.storage.runs import EVALUATION_DIR, FINETUNE_FILE, LIVE_DIR, PREDICTION_ERROR_FILE, read_yaml  # noqa: E402
+from pipeline.storage.runs import EVALUATION_FRAMES, FINETUNE_FILE, LIVE_DIR, PREDICTION_ERROR_FILE, read_yaml  # noqa: E402
 from pipeline.storage.writer_lock import writer_lock  # noqa: E402
 
 METRICS = {  # column -> (label, higher is better)
@@ -115,14 +115,18 @@ def load_online(runs: Path) -> Online:
             curve = _read_tsv(table)
             curves[key] = (curve["step"], curve["return"])
         random_return[key] = info["random_return"]
-        evaluation = info_path.parent / EVALUATION_DIR / "metrics.json"
+    for frames in sorted(runs.rglob(EVALUATION_FRAMES)):
+        evaluation = frames.parent / "metrics.json"
         if not evaluation.is_file():
             continue
         metrics = json.loads(evaluation.read_text())
         about, floor = metrics.pop("about"), metrics.pop("random")
+        seed = about.get("agent_seed")
+        if seed is None:   # an evaluation of an older pvr-pipe: inside its agent's folder
+            seed = read_yaml(frames.parent.parent / FINETUNE_FILE).get("identity", {}).get("seed")
         for variant, m in metrics.items():
-            rows.append({"encoder": key[0], "world_model": key[1], "seed": key[2], "variant": variant,
-                         "train_variant": about["train_variant"], "env": about["env"],
+            rows.append({"encoder": about["encoder"], "world_model": about["world_model"], "seed": seed,
+                         "variant": variant, "train_variant": about["train_variant"], "env": about["env"],
                          **{p: str(about["encoder_properties"].get(p)) for p in PROPERTIES},
                          "return": m["return_mean"], "return_std": m["return_std"], "random_return": floor["return_mean"],
                          "ood_score": m["ood_score"], "ood_score_above_random": m["ood_score_above_random"]})

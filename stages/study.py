@@ -103,7 +103,7 @@ def check_study(data: dict[str, Any], source: str) -> dict[str, int]:
     runs = branches * len(study["seeds"])
     return {"collect": len(study["envs"]) * len(study["variants"]),
             "encode": len(study["envs"]) * len(study["variants"]) * len(study["encoders"]),
-            "train": branches, "evaluate-model": runs, "finetune": runs, "evaluate": runs, "report": 1}
+            "train": branches, "evaluate-model": runs, "finetune": branches, "evaluate": runs, "report": 1}
 
 
 def apply_settings(data: dict[str, Any], settings: list[str], source: str) -> dict[str, Any]:

@@ -9,14 +9,16 @@
             evaluation/                               evaluate: metrics.json, frames/<look>.png
 
 That is where the verbs write by default. The DVC study (dvc.yaml) gives each stage its own folder
-instead, because one train stage writes every seed of an (env, encoder, world model) and a DVC
-output folder holds one stage's files:
+instead, because one train and one finetune stage write every seed of an (env, encoder, world
+model) and a DVC output folder holds one stage's files:
 
-    runs/<env>/<encoder>/<world_model>/offline/seed<k>/    train
-                                      /quality/seed<k>/    evaluate-model
-                                      /finetune/seed<k>/   finetune; evaluation/ below it
+    runs/<env>/<encoder>/<world_model>/offline/seed<k>/      train
+                                      /quality/seed<k>/      evaluate-model
+                                      /finetune/seed<k>/     finetune
+                                      /evaluation/seed<k>/   evaluate
 
-The report finds runs by their files, wherever they are.
+The report finds runs by their files, wherever they are: an evaluation by its `frames/` folder,
+and the agent it played by the seed it records.
 
 `live/` holds what the run computed (losses, returns); `timing/` its wall-clock speeds, which no
 two runs share, so they stay out of the files DVC hashes. Paths that a run's files record are
@@ -46,6 +48,7 @@ FINETUNE_DIR = "finetune"
 FINETUNE_FILE = "finetune.yaml"
 AGENT_CHECKPOINT = "agent.safetensors"
 EVALUATION_DIR = "evaluation"
+EVALUATION_FRAMES = "frames"     # evaluate's first frame of each look, next to its metrics.json
 
 
 def left_by_a_run(path: Path, folders: tuple[str, ...]) -> bool:
@@ -70,6 +73,15 @@ def recorded_path(recorded: str, folder: Path) -> str:
     if "://" in recorded or os.path.isabs(recorded):
         return recorded
     return os.path.normpath(os.path.join(folder, recorded))
+
+
+def agent_seed(run_dir: Path) -> int | None:
+    """The seed an agent learned with: its fine-tune's, or its offline run's."""
+    for name in (FINETUNE_FILE, RUN_FILE):
+        identity = read_yaml(Path(run_dir) / name).get("identity")
+        if identity:
+            return int(identity["seed"])
+    return None
 
 
 def load_agent(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any], str]:
