@@ -116,7 +116,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -271,6 +271,12 @@ def run_dir_name(world_model: str, preset: str, train_ratio: float, seed_steps: 
     return name
 
 
+def bad_input(message: str) -> NoReturn:
+    """What is wrong with the command line, in one line on stderr; exit code 2."""
+    print(f"reference_curves.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_settings(values: list[str] | None, world_models: list[str]) -> dict[str, dict[str, str]]:
     """`--set dreamer:actor_grad=dynamics` -> {"dreamer": {"actor_grad": "dynamics"}}; `--set KEY=VALUE`
     without a world model sets it for every world model run."""
@@ -279,9 +285,9 @@ def parse_settings(values: list[str] | None, world_models: list[str]) -> dict[st
         target, _, setting = value.rpartition(":")
         key, equals, text = setting.partition("=")
         if not equals or not key or not text:
-            raise SystemExit(f"--set: '{value}' is not [WORLD_MODEL:]KEY=VALUE")
+            bad_input(f"--set: '{value}' is not [WORLD_MODEL:]KEY=VALUE")
         if target and target not in ALGORITHM:
-            raise SystemExit(f"--set: unknown world model '{target}' (dreamer, tdmpc)")
+            bad_input(f"--set: unknown world model '{target}' (dreamer, tdmpc)")
         for wm in [target] if target else world_models:
             chosen[wm][key] = text
     return chosen
@@ -295,13 +301,13 @@ def parse_per_world_model(values: list[str] | None, world_models: list[str], kin
         try:
             parsed = kind(number)
         except ValueError:
-            raise SystemExit(f"{flag}: '{value}' is not a number or WORLD_MODEL=NUMBER") from None
+            bad_input(f"{flag}: '{value}' is not a number or WORLD_MODEL=NUMBER")
         if not name:
             chosen.update({wm: parsed for wm in world_models})
         elif name in ALGORITHM:
             chosen[name] = parsed
         else:
-            raise SystemExit(f"{flag}: unknown world model '{name}' (dreamer, tdmpc)")
+            bad_input(f"{flag}: unknown world model '{name}' (dreamer, tdmpc)")
     return chosen
 
 
@@ -700,13 +706,13 @@ def main() -> None:
     try:
         tasks = [task_name(task) for task in args.tasks]
     except ValueError as error:
-        raise SystemExit(str(error)) from None
+        bad_input(str(error))
     for flag in ("eval_every", "eval_episodes", "jobs", "threads", "data_episodes", "num_envs"):
         if getattr(args, flag) <= 0:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be positive")
+            bad_input(f"--{flag.replace('_', '-')} must be positive")
     env_steps = DEFAULT_ENV_STEPS | parse_per_world_model(args.env_steps, args.world_models, int, "--env-steps")
     if any(steps <= 0 for steps in env_steps.values()):
-        raise SystemExit("--env-steps must be positive")
+        bad_input("--env-steps must be positive")
     train_ratio = REFERENCE_TRAIN_RATIO | parse_per_world_model(args.train_ratio, args.world_models, float,
                                                                 "--train-ratio")
     seed_steps = {wm: None for wm in ALGORITHM} | parse_per_world_model(args.seed_steps, args.world_models, int,

@@ -29,7 +29,7 @@ def toy_runs(tmp_path_factory):
 
 
 def finetune_args(*more):
-    return ["finetune", "--env-steps", 100, "--eval-every", 25, "--eval-episodes", 1, "--train-ratio", 0.2,
+    return ["finetune", "--env-steps", 50, "--eval-every", 25, "--eval-episodes", 1, "--train-ratio", 0.2,
             "--quiet", "--threads", 1, *more]
 
 
@@ -42,7 +42,8 @@ def tracked_files(run_dir) -> dict[str, bytes]:
 def test_killed_batched_seeds_resume_to_the_bytes_of_each_seed_fine_tuned_alone(toy_runs, tmp_path):
     _, runs = toy_runs
     together = tmp_path / "together" / "seed{seed}"
-    args = finetune_args("--run", runs / "seed{seed}", "--seed", 0, "--seed", 1, "--out", together)
+    args = finetune_args("--run", runs / "seed{seed}", "--seed", 0, "--seed", 1, "--out", together,
+                         "--set", "batch_size=16")
     process = subprocess.Popen([PVR_PIPE, *map(str, args)], stderr=subprocess.PIPE)
     last = tmp_path / "together" / "seed1" / "agent.safetensors"
     deadline = time.time() + 300
@@ -51,13 +52,13 @@ def test_killed_batched_seeds_resume_to_the_bytes_of_each_seed_fine_tuned_alone(
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = load_checkpoint(last)["progress"]["env_steps"]
-    assert 0 < killed_at < 100
+    assert 0 < killed_at < 50
     resumed = pvr_pipe(*args, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.split() == [str(tmp_path / "together" / "seed0"), str(tmp_path / "together" / "seed1")]
     # At the same depth as the batched directories: finetune.yaml records paths relative to its own.
     alone_dir = tmp_path / "alone" / "seed1"
-    assert pvr_pipe(*finetune_args("--run", runs / "seed1", "--seed", 1, "--out", alone_dir),
+    assert pvr_pipe(*finetune_args("--run", runs / "seed1", "--seed", 1, "--out", alone_dir, "--set", "batch_size=16"),
                     timeout=900).returncode == 0
     batched, alone = tracked_files(tmp_path / "together" / "seed1"), tracked_files(alone_dir)
     assert {"agent.safetensors", "finetune.yaml", "live/plots/metrics/eval/return.tsv",
@@ -65,7 +66,7 @@ def test_killed_batched_seeds_resume_to_the_bytes_of_each_seed_fine_tuned_alone(
     assert batched == alone
     other = tracked_files(tmp_path / "together" / "seed0")
     assert other["agent.safetensors"] != alone["agent.safetensors"]
-    assert load_checkpoint(tmp_path / "together" / "seed0" / "agent.safetensors")["progress"]["env_steps"] == 100
+    assert load_checkpoint(tmp_path / "together" / "seed0" / "agent.safetensors")["progress"]["env_steps"] == 50
 
 
 def test_seeds_from_nothing_act_at_random_on_their_own_generators_then_learn_as_one_model(toy_runs, tmp_path,
@@ -80,7 +81,8 @@ def test_seeds_from_nothing_act_at_random_on_their_own_generators_then_learn_as_
 
     monkeypatch.setattr(finetune, "_finetune", spy)
     options = dict(store=store, world_model="tdmpc", preset="xs", offline_fraction=0.5, seed_steps=30, env_steps=60,
-                   num_envs=2, eval_every=30, eval_episodes=3, train_ratio=0.5, threads=1)
+                   num_envs=2, eval_every=30, eval_episodes=3, train_ratio=0.5, threads=1,
+                   settings={"batch_size": 16})
     outs = finetune.run(FinetuneConfig(**options, seed=[2, 4], out=tmp_path / "together" / "s{seed}"),
                         show_progress=False)
     assert group_sizes == [2]

@@ -125,8 +125,9 @@ def test_read_tsv_and_names(tmp_path):
     assert rc.run_dir_name("dreamer", "xs", 0.5, None, None, settings["dreamer"]) == \
         "dreamer-xs-actor_grad=dynamics-embed_head=mlp"
     for bad in (["sac:lr=1"], ["dreamer:lr"], ["=1"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as exit_info:
             rc.parse_settings(bad, ["dreamer"])
+        assert exit_info.value.code == 2
 
 
 def test_a_seed_without_a_run_directory_is_drawn_from_its_record(tmp_path):
