@@ -47,15 +47,15 @@ PROPERTIES = {"architecture": "architecture", "data_diversity": "training-data d
 @dataclass
 class Online:
     """Fine-tuned agents: learning curves and returns per look."""
-    curves: dict[tuple, tuple[np.ndarray, np.ndarray]]   # (encoder, world_model, seed) -> agent steps, eval return
-    random_return: dict[tuple, float]                    # (encoder, world_model, seed) -> random policy's return
+    curves: dict[tuple, tuple[np.ndarray, np.ndarray]]   # (env, encoder, world_model, seed) -> agent steps, eval return
+    random_return: dict[tuple, float]                    # (env, encoder, world_model, seed) -> random policy's return
     rows: list[dict]                                     # one per agent x look (pvr-pipe evaluate)
 
 
 @dataclass
 class Study:
     rows: list[dict]                     # one per run x variant
-    curves: dict[tuple, np.ndarray]      # (encoder, world_model, seed, variant) -> error per horizon step
+    curves: dict[tuple, np.ndarray]      # (env, encoder, world_model, seed, variant) -> error per horizon step
     metric_names: dict[str, str]         # world model -> what its prediction error measures
     train_variant: str
     reps: int
@@ -87,7 +87,7 @@ def load_study(runs: Path, reps: int, seed: int) -> Study:
         metric_names[about["world_model"]] = about["prediction_metric"]
         table = _read_tsv(path.with_name(PREDICTION_ERROR_FILE))
         for variant, m in metrics.items():
-            key = (about["encoder"], about["world_model"], about["seed"], variant)
+            key = (about["env"], about["encoder"], about["world_model"], about["seed"], variant)
             curves[key] = table[variant]
             rows.append({
                 "encoder": about["encoder"], "world_model": about["world_model"], "seed": about["seed"],
@@ -109,7 +109,7 @@ def load_online(runs: Path) -> Online:
     for info_path in sorted(runs.rglob(FINETUNE_FILE)):
         info = read_yaml(info_path)
         identity = info["identity"]
-        key = (info["encoder"], identity["world_model"], identity["seed"])
+        key = (info["env"], info["encoder"], identity["world_model"], identity["seed"])
         table = info_path.parent / LIVE_DIR / "plots/metrics/eval/return.tsv"
         if table.is_file():
             curve = _read_tsv(table)
@@ -217,7 +217,7 @@ def section_model_quality(study: Study, out: Path) -> str:
     fig, axes = plt.subplots(1, len(study.world_models()), figsize=(6 * len(study.world_models()), 4.2), squeeze=False)
     for ax, wm in zip(axes[0], study.world_models()):
         for encoder in study.encoders():
-            runs = [c for (e, w, _, v), c in study.curves.items() if (e, w, v) == (encoder, wm, study.train_variant)]
+            runs = [c for (_, e, w, _, v), c in study.curves.items() if (e, w, v) == (encoder, wm, study.train_variant)]
             if not runs:
                 continue
             stacked = np.stack(runs)
@@ -328,13 +328,13 @@ def section_learning_curves(study: Study, out: Path) -> str:
     online = study.online
     if not online.curves:
         return "No agents were fine-tuned (`pvr-pipe finetune`)."
-    world_models = sorted({key[1] for key in online.curves})
-    encoders = [e for e in study.encoders() if any(key[0] == e for key in online.curves)]
+    world_models = sorted({key[2] for key in online.curves})
+    encoders = [e for e in study.encoders() if any(key[1] == e for key in online.curves)]
     fig, axes = plt.subplots(1, len(world_models), figsize=(6 * len(world_models), 4.2), squeeze=False)
     rows = []
     for ax, wm in zip(axes[0], world_models):
         for encoder in encoders:
-            runs = [online.curves[key] for key in sorted(online.curves) if key[:2] == (encoder, wm)]
+            runs = [online.curves[key] for key in sorted(online.curves) if key[1:3] == (encoder, wm)]
             length = min(len(steps) for steps, _ in runs)
             steps, returns = runs[0][0][:length], np.stack([r[:length] for _, r in runs])
             mean, low, high = _mean_with_ci(returns, study.reps, study.seed)
@@ -342,7 +342,7 @@ def section_learning_curves(study: Study, out: Path) -> str:
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
             final = iqm_with_ci(returns[:, -1].tolist(), study.reps, study.seed)
             rows.append([encoder, wm, str(len(runs)), f"{int(steps[-1])}", _format(final, len(runs))])
-        floor = np.mean([v for key, v in online.random_return.items() if key[1] == wm])
+        floor = np.mean([v for key, v in online.random_return.items() if key[2] == wm])
         ax.axhline(floor, color="black", ls="--", lw=1, label="random policy")
         ax.set_title(f"{wm}: return while fine-tuning (training look)")
         ax.set_xlabel("agent steps online")

@@ -69,3 +69,19 @@ def test_report_without_runs_is_one_line(tmp_path):
     result = pvr_pipe("report", "--runs", tmp_path, "--out", tmp_path / "reports")
     assert_user_error(result, "no run metrics", "evaluate-model")
     assert not (tmp_path / "reports").exists()
+
+
+def test_learning_curves_of_the_same_encoder_and_seed_on_two_envs_are_both_kept(tmp_path):
+    import yaml
+
+    for env, top in (("dmc/cartpole-swingup", 300.0), ("dmc/finger-spin", 900.0)):
+        agent = tmp_path / "runs" / env.split("/")[1] / "pixels" / "tdmpc" / "finetune" / "seed0"
+        curve = agent / "live/plots/metrics/eval"
+        curve.mkdir(parents=True)
+        (curve / "return.tsv").write_text(f"step\treturn\n0\t10.0\n100\t{top}\n")
+        info = {"identity": {"world_model": "tdmpc", "seed": 0}, "encoder": "pixels", "env": env,
+                "random_return": 5.0}
+        (agent / "finetune.yaml").write_text(yaml.safe_dump(info))
+    online = report.load_online(tmp_path / "runs")
+    assert sorted(online.curves) == [("dmc/cartpole-swingup", "pixels", "tdmpc", 0), ("dmc/finger-spin", "pixels", "tdmpc", 0)]
+    assert sorted(float(returns[-1]) for _, returns in online.curves.values()) == [300.0, 900.0]
