@@ -7,7 +7,12 @@ as published: dreamer 0.5, tdmpc 1 update per step). Its own timer splits the pl
 frame), agent (acting: dreamer's filter + actor, tdmpc's MPPI planning), learner (gradient
 updates) and other (bookkeeping). Next to it: the bare env rate (step + render), the ceiling of
 the loop. PVR weights: random tensors of the real architecture through the registry's loading
-path (none can be downloaded here; speed does not depend on their values). Prints one JSON document.
+path (none can be downloaded here; speed does not depend on their values).
+
+`--seeds K` (tdmpc) also fine-tunes K seeds, each from its own offline run, as one batched model
+(`finetune --seed 0 ... --seed K-1`) and then each seed alone, one after another in the same
+process: `seeds_K_speedup` = (playing seconds of the K lone runs) / (playing seconds of the
+batched run), the aggregate agent steps/s gained. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -41,6 +46,27 @@ def bare_env_rate(env_id: str, frame_size: int, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def batched_seeds(store: str, args, root: Path) -> dict:
+    """K seeds fine-tuned as one batched tdmpc model, and each alone: playing seconds and speed-up."""
+    seeds = list(range(args.seeds))
+    train.run(TrainConfig(store=store, world_model="tdmpc", preset=args.preset, updates=10, seed=seeds,
+                          out=root / "offline" / "seed{seed}", device=args.device), show_progress=False)
+    options = dict(world_model="tdmpc", env_steps=args.steps, eval_every=10 ** 9, eval_episodes=1,
+                   num_envs=args.num_envs, device=args.device)
+    together = finetune.run(FinetuneConfig(run=root / "offline" / "seed{seed}", seed=seeds,
+                                           out=root / "together" / "seed{seed}", **options), show_progress=False)
+    batched_s = read_summary(together[0] / TIMING_DIR)["seconds"]["round"]
+    alone_s = 0.0
+    for seed in seeds:
+        out, = finetune.run(FinetuneConfig(run=root / "offline" / f"seed{seed}", seed=seed,
+                                           out=root / "alone" / f"seed{seed}", **options), show_progress=False)
+        alone_s += read_summary(out / TIMING_DIR)["seconds"]["round"]
+    k = args.seeds
+    return {f"seeds_{k}_batched_s": round(batched_s, 2), f"seeds_{k}_alone_s": round(alone_s, 2),
+            f"seeds_{k}_agent_steps_per_s": round(k * args.steps / batched_s, 2),
+            f"seeds_{k}_speedup": round(alone_s / batched_s, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="dmc/cartpole-swingup")
@@ -51,6 +77,7 @@ def main() -> None:
     parser.add_argument("--episode-steps", type=int, default=100)
     parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, default=1, help="tdmpc: also K seeds batched against each alone")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="pvr-pipe-bench-"))
@@ -81,6 +108,8 @@ def main() -> None:
                             "agent_steps_per_s": round(progress["env_steps"] / seconds["round"], 2),
                             "bare_env_steps_per_s": round(bare, 1),
                             **{f"{part}_share": round(share, 3) for part, share in shares.items()}})
+            if world_model == "tdmpc" and args.seeds > 1:
+                results[-1] |= batched_seeds(store, args, tmp / "seeds" / encoder)
     print(json.dumps({"benchmark": "finetune", "env": args.env, "num_envs": args.num_envs, "device": args.device,
                       "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "results": results}, indent=2))
