@@ -45,6 +45,14 @@ def test_block_linear_is_a_block_diagonal_linear_map():
     torch.testing.assert_close(layer(x.unflatten(-1, (3, 4))).flatten(-2), x @ dense + layer.bias.flatten())
 
 
+def test_block_linear_with_a_shared_input_equals_it_on_the_concatenation():
+    torch.manual_seed(0)
+    layer = BlockLinear(3, 2 + 5, 4)
+    own, shared = torch.randn(6, 3, 2), torch.randn(6, 5)
+    joined = torch.cat([own, shared.unsqueeze(-2).expand(6, 3, 5)], -1)
+    torch.testing.assert_close(layer.with_shared(own, shared), layer(joined).flatten(-2))
+
+
 def test_block_gru_keeps_the_state_by_default_and_bounds_actions():
     torch.manual_seed(0)
     rssm = make().world_model.rssm

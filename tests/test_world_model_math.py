@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from world_models.math import (dreamer_bins, simnorm, soft_cross_entropy, symexp, symlog, tdmpc_bins, two_hot,
-                               two_hot_decode)
+                               two_hot_decode, two_hot_log_likelihood)
 
 
 def test_symlog_and_symexp_are_inverse_and_match_the_definition():
@@ -85,3 +85,16 @@ def test_a_stacked_mlp_copy_is_the_plain_mlp_with_that_copys_weights():
     hidden = F.mish(F.layer_norm((x[0, 1] @ first.weight[0, 1] + first.bias[0, 1]) * mask[0, 1], (16,))
                     * norm.weight[0, 1] + norm.bias[0, 1])
     torch.testing.assert_close(dropped[0, 1], hidden @ last.weight[0, 1] + last.bias[0, 1])
+
+
+def test_two_hot_log_likelihood_is_the_dense_two_hot_cross_entropy_and_its_gradient():
+    torch.manual_seed(0)
+    bins = dreamer_bins()
+    values = torch.tensor([-1e9, -37.5, -0.3, 0.0, 2.5, 480.0, 1e9])
+    logits = torch.randn(len(values), len(bins), requires_grad=True)
+    dense = soft_cross_entropy(logits, two_hot(values, bins))
+    (dense_grad,) = torch.autograd.grad(dense.sum(), logits)
+    sparse = -two_hot_log_likelihood(F.log_softmax(logits, -1), values, bins)
+    (sparse_grad,) = torch.autograd.grad(sparse.sum(), logits)
+    torch.testing.assert_close(sparse, dense)
+    torch.testing.assert_close(sparse_grad, dense_grad)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.distributions import Independent, Normal, OneHotCategorical
 
 from world_models.dreamer import DreamerWorldModel, mlp
-from world_models.math import soft_cross_entropy, two_hot, two_hot_decode
+from world_models.math import two_hot_decode, two_hot_log_likelihood
 from world_models.optimizers import LaProp
 
 
@@ -112,7 +112,9 @@ class DreamerAgent(nn.Module):
         return dist.rsample() if differentiable else dist.sample()
 
     def critic_value(self, feat: torch.Tensor, slow: bool = False) -> torch.Tensor:
-        logits = (self.slow_critic if slow else self.critic)(feat)
+        return self.decode_value((self.slow_critic if slow else self.critic)(feat))
+
+    def decode_value(self, logits: torch.Tensor) -> torch.Tensor:
         return two_hot_decode(F.softmax(logits, -1), self.world_model.bins)
 
     # -- acting ----------------------------------------------------------------------------------
@@ -166,8 +168,13 @@ class DreamerAgent(nn.Module):
                                           states["stoch"].detach().flatten(0, 1), differentiable=backprop)
             reward = wm.predicted_reward(feats[1:])
             cont = wm.predicted_continue(feats)
-            value = self.critic_value(feats)
-            returns = lambda_returns(reward, cont[1:], value, self.discount, cfg.return_lambda)
+        critic_logits = self.critic(feats.detach())
+        if backprop:   # values differentiable in the imagined states, never in the critic's weights
+            with frozen(self.critic):
+                value = self.critic_value(feats)
+        else:
+            value = self.decode_value(critic_logits.detach())
+        returns = lambda_returns(reward, cont[1:], value, self.discount, cfg.return_lambda)
         weight = imagination_weights(cont.detach(), self.discount)[:-1]
         scale = self._update_return_scale(returns.detach())
         advantage = (returns - value[:-1]) / scale
@@ -175,7 +182,7 @@ class DreamerAgent(nn.Module):
         entropy = dist.entropy()
         objective = advantage if backprop else dist.log_prob(actions.detach()) * advantage.detach()
         policy_loss = -(weight * (objective + cfg.actor_entropy * entropy)).mean()
-        value_loss = (weight * self._critic_loss(feats[:-1].detach(), returns.detach())).mean()
+        value_loss = (weight * self._critic_loss(critic_logits[:-1], feats[:-1].detach(), returns.detach())).mean()
 
         # The replayed windows never cross an episode's end, so only their last step could be
         # one, where it changes no return: the returns need no is_last.
@@ -183,7 +190,8 @@ class DreamerAgent(nn.Module):
         boot = returns[0].detach().reshape(batch_size, steps).T
         replay_returns = lambda_returns(batch["reward"].T[1:], (~batch["is_terminal"]).float().T[1:], boot,
                                         self.discount, cfg.return_lambda)
-        repval_loss = self._critic_loss(states["feat"][:, :-1], replay_returns.T).mean()
+        replayed = states["feat"][:, :-1]
+        repval_loss = self._critic_loss(self.critic(replayed), replayed, replay_returns.T).mean()
 
         losses = {"model": model_loss, "policy": policy_loss, "value": value_loss, "repval": repval_loss}
         metrics |= {"actor": float(policy_loss.detach()), "critic": float(value_loss.detach()),
@@ -203,14 +211,14 @@ class DreamerAgent(nn.Module):
             actions.append(action)
         return torch.stack(feats), torch.stack(actions)
 
-    def _critic_loss(self, feat: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-        """Two-hot cross-entropy towards the returns and towards the slow critic's values."""
-        logits = self.critic(feat)
+    def _critic_loss(self, logits: torch.Tensor, feat: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        """Two-hot cross-entropy of the critic's logits on `feat` towards the returns and towards
+        the slow critic's values."""
         with torch.no_grad():
             slow_value = self.critic_value(feat, slow=True)
-        bins = self.world_model.bins
-        return (soft_cross_entropy(logits, two_hot(returns, bins))
-                + self.cfg.slow_critic_reg * soft_cross_entropy(logits, two_hot(slow_value, bins)))
+        bins, log_probs = self.world_model.bins, F.log_softmax(logits, -1)
+        return -(two_hot_log_likelihood(log_probs, returns, bins)
+                 + self.cfg.slow_critic_reg * two_hot_log_likelihood(log_probs, slow_value, bins))
 
     @torch.no_grad()
     def _update_return_scale(self, returns: torch.Tensor) -> torch.Tensor:
