@@ -226,3 +226,23 @@ def test_an_agent_resumed_from_its_state_takes_the_same_updates():
     # The updates after the save did move the actor, the critic's slow copy and the world model.
     for name in ("actor.3.weight", "slow_critic.3.weight", "world_model.rssm.gru_gates.weight"):
         assert not torch.equal(agent.state_dict()[name], saved["agent"][name]), name
+
+
+def test_the_pixel_reconstruction_loss_is_the_per_frame_squared_error_and_leaves_the_batch_alone():
+    cfg = world_model_config("dreamer", "xs", {"sequence_length": 4, "batch_size": 2})
+    torch.manual_seed(0)
+    model = make_world_model("dreamer", cfg, "pixels", (3, 64, 64), 1)
+    generator = torch.Generator().manual_seed(0)
+    shape = (cfg.batch_size, cfg.sequence_length)
+    obs = torch.randint(0, 256, (*shape, 3, 64, 64), dtype=torch.uint8, generator=generator)
+    batch = {"obs": obs.clone(), "prev_action": torch.rand(*shape, 1, generator=generator) * 2 - 1,
+             "reward": torch.rand(shape, generator=generator), "is_first": torch.zeros(shape, dtype=torch.bool),
+             "is_terminal": torch.zeros(shape, dtype=torch.bool)}
+    _, metrics, states = model.loss(batch)
+    assert torch.equal(batch["obs"], obs)
+    target = obs.float() / 255.0 - 0.5
+    assert torch.equal(model.reconstruction_target(obs), target)
+    with torch.no_grad():
+        per_frame = (model.decoder(states["feat"]) - target).pow(2).flatten(2).sum(-1)
+    assert metrics["reconstruction"] == pytest.approx(float(per_frame.mean()), rel=1e-5)
+    assert model.decoder(states["feat"]).is_contiguous()

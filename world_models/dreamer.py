@@ -147,6 +147,11 @@ class BlockLinear(nn.Module):
         return own_part + F.linear(shared, shared_weight.T, self.bias.flatten())
 
 
+def scaled_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float in [-0.5, 0.5], in place after the one copy (these are 50 MB per batch)."""
+    return pixels.to(torch.float32, copy=True).div_(255.0).sub_(0.5)
+
+
 class PixelEncoder(nn.Module):
     """64x64 RGB -> flat features: four stride-2 convolutions (64 -> 4 px), each normed + SiLU."""
 
@@ -161,8 +166,9 @@ class PixelEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         lead = pixels.shape[:-3]
-        x = pixels.reshape(-1, *pixels.shape[-3:]).float() / 255.0 - 0.5
-        return self.net(x).reshape(*lead, -1)
+        # channels-last: oneDNN's convolutions at these small channel counts run ~1.3x faster
+        x = pixels.reshape(-1, *pixels.shape[-3:]).contiguous(memory_format=torch.channels_last)
+        return self.net(scaled_pixels(x)).reshape(*lead, -1)
 
 
 class PixelDecoder(nn.Module):
@@ -180,8 +186,8 @@ class PixelDecoder(nn.Module):
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         lead = feat.shape[:-1]
-        x = self.project(feat).reshape(-1, 8 * self.depth, 4, 4)
-        return self.net(x).reshape(*lead, 3, 64, 64)
+        x = self.project(feat).reshape(-1, 8 * self.depth, 4, 4).contiguous(memory_format=torch.channels_last)
+        return self.net(x).contiguous().reshape(*lead, 3, 64, 64)
 
 
 # -- the RSSM -------------------------------------------------------------------------------------
@@ -316,7 +322,7 @@ class DreamerWorldModel(nn.Module):
         return self.encoder(obs if self.pixels else symlog(obs))
 
     def reconstruction_target(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.float() / 255.0 - 0.5 if self.pixels else symlog(obs)
+        return scaled_pixels(obs) if self.pixels else symlog(obs)
 
     @staticmethod
     def features(deter: torch.Tensor, stoch: torch.Tensor) -> torch.Tensor:
@@ -335,8 +341,9 @@ class DreamerWorldModel(nn.Module):
         is_first[:, 0] = True   # every window starts from the initial state
         states = self.rssm.observe(self.embed(batch["obs"]), batch["prev_action"], is_first)
         feat = self.features(states["deter"], states["stoch"])
-        reconstruction = self.decoder(feat) - self.reconstruction_target(batch["obs"])
-        reconstruction = reconstruction.pow(2).flatten(2).sum(-1).mean()
+        # summed over each frame's values, averaged over frames; one fused kernel each way
+        reconstruction = F.mse_loss(self.decoder(feat), self.reconstruction_target(batch["obs"]), reduction="sum")
+        reconstruction = reconstruction / feat.shape[:-1].numel()
         reward = -two_hot_log_likelihood(F.log_softmax(self.reward_head(feat), -1), batch["reward"], self.bins).mean()
         cont = F.binary_cross_entropy_with_logits(self.continue_head(feat).squeeze(-1),
                                                   (~batch["is_terminal"]).float())
