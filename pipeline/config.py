@@ -112,6 +112,8 @@ class EncodeConfig(StrictConfig):
     workers: int | None = Field(None, gt=0, description="local Dask cluster with this many processes")
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler")
     threads: int | None = Field(None, gt=0, description="torch threads per process")
+    loaders: int | None = Field(None, ge=0, description="processes that read and decode shards for each encoding "
+                                                        "process; 0: one thread; default: 0 on the CPU, up to 8 on a GPU")
 
 
 class TrainConfig(StrictConfig):

@@ -1,4 +1,5 @@
-"""Running work units in parallel: a prefetching loader thread, and Dask clusters.
+"""Running work units in parallel: a prefetching loader thread, a pool of loader processes, and
+Dask clusters.
 
 No flag: units run in-process. `workers=N`: a local Dask cluster of N processes. `scheduler=
 ADDRESS`: an existing Dask cluster (dask-jobqueue, Kubernetes, `dask scheduler` by hand).
@@ -6,14 +7,18 @@ ADDRESS`: an existing Dask cluster (dask-jobqueue, Kubernetes, `dask scheduler` 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import multiprocessing
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from pipeline.errors import UserError
 
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 _DONE = object()
 
 
@@ -48,6 +53,25 @@ def prefetch(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
         stop.set()
         with contextlib.suppress(queue.Empty):
             buffer.get_nowait()
+
+
+def map_in_processes(function: Callable[[Item], Result], items: Iterable[Item], processes: int,
+                     ahead: int | None = None) -> Iterator[Result]:
+    """`function` over `items` in `processes` spawned processes, results in the order of `items`,
+    at most `ahead` (default 2 per process) computed but not yet consumed, so memory stays bounded.
+
+    Spawned, not forked: the caller may hold CUDA and threads, which a forked child must not inherit.
+    `function` and the items must pickle.
+    """
+    ahead = ahead or 2 * processes
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @contextlib.contextmanager

@@ -81,6 +81,7 @@ def collect(config_refs: tuple[str, ...], quiet: bool, **options) -> None:
 @click.option("--workers", type=int, help="Start a local Dask cluster with N worker processes.")
 @click.option("--scheduler", help="Use an existing Dask scheduler, e.g. tcp://host:8786.")
 @click.option("--threads", type=int, help="torch threads per process.")
+@click.option("--loaders", type=int, help="Processes reading and decoding shards (default: 0 on the CPU, up to 8 on a GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def encode(config_refs: tuple[str, ...], quiet: bool, **options) -> None:
     """Embed every frame of a trajectory dataset with a frozen PVR into a Zarr store."""

@@ -122,6 +122,12 @@ def test_dask_with_two_workers_gives_the_same_bytes(dataset, tmp_path):
     assert in_process != on_dask
 
 
+def test_loader_processes_give_the_same_bytes_as_the_loader_thread(dataset, tmp_path):
+    run_encode(dataset, tmp_path / "thread.zarr", model="random-vit", threads=1, batch_size=5)
+    run_encode(dataset, tmp_path / "processes.zarr", model="random-vit", threads=1, batch_size=5, loaders=2)
+    assert store_bytes(tmp_path / "thread.zarr") == store_bytes(tmp_path / "processes.zarr")
+
+
 def test_resume_after_sigkill_gives_the_same_bytes(tmp_path):
     collect_toy(tmp_path / "ds", episodes=8, max_steps=10, episodes_per_shard=1)  # 8 units of 11 frames
     args = ["encode", "--model", "random-vit", "--dataset", tmp_path / "ds", "--quiet", "--precision", "fp32"]
@@ -197,9 +203,11 @@ def test_a_flipped_bit_in_a_shard_is_refused_before_anything_is_encoded(dataset,
     data = bytearray(shard.read_bytes())
     data[target.offset_data + target.size // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    result = pvr_pipe("encode", "--model", "pixels", "--dataset", bad, "--out", tmp_path / "s.zarr")
-    assert_user_error(result, shard.name, "corrupt", "re-collect")
-    assert not (tmp_path / "s.zarr").exists()
+    for loaders in ("0", "2"):   # raised in a loader process, reported by the main one
+        result = pvr_pipe("encode", "--model", "pixels", "--dataset", bad, "--out", tmp_path / "s.zarr",
+                          "--loaders", loaders)
+        assert_user_error(result, shard.name, "corrupt", "re-collect")
+        assert not (tmp_path / "s.zarr").exists()
 
 
 def test_a_changed_or_missing_chunk_is_an_error_never_zeros(dataset, tmp_path):
