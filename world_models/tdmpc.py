@@ -367,17 +367,21 @@ class TDMPCWorldModel(nn.Module):
     def update(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> list[dict[str, float]]:
         """One update of every seed on its own batch (seeds, B, ...); each seed's metrics."""
         noise = self.update_noise(batch)
+        torch.compiler.cudagraph_mark_step_begin()   # compiled with CUDA graphs: a new step's outputs
         total, parts, latents = self._losses(batch, noise)
         optimizers["model"].zero_grad(set_to_none=True)
         total.sum().backward()      # seeds share no weights: each gets the gradient of its own loss
+        # The policy objective's CUDA graph reuses the losses graph's output memory: copy what is read later.
+        model_losses = torch.stack([total.detach(), *(value.detach() for value in parts.values())], 1)
+        latents = latents.detach().clone()
         grad_norm = clip_grad_norm_per_seed(
             [p for g in optimizers["model"].param_groups for p in g["params"]], self.cfg.grad_clip_norm)
         optimizers["model"].step()
-        policy_loss = self.policy_step(latents.detach(), noise, optimizers["policy"])
+        policy_loss = self.policy_step(latents, noise, optimizers["policy"])
         self.update_target()
-        named = {"loss": total, **parts, "policy": policy_loss, "grad_norm": grad_norm}
-        rows = torch.stack([value.detach() for value in named.values()], 1).tolist()   # one host sync
-        return [dict(zip(named, row)) for row in rows]
+        names = ["loss", *parts, "policy", "grad_norm"]
+        rows = torch.cat([model_losses, policy_loss[:, None], grad_norm[:, None]], 1).tolist()   # one host sync
+        return [dict(zip(names, row)) for row in rows]
 
     def train_step(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """One update of a one-seed model on a batch without the seed axis (the stages' interface)."""
@@ -397,6 +401,7 @@ class TDMPCWorldModel(nn.Module):
     def policy_step(self, latents: torch.Tensor, noise: dict[str, torch.Tensor],
                     optimizer: torch.optim.Optimizer) -> torch.Tensor:
         self.q.requires_grad_(False)
+        torch.compiler.cudagraph_mark_step_begin()
         loss = self._policy_objective(latents, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()

@@ -140,7 +140,8 @@ class TDMPCAgent(nn.Module):
         z = model.encode(stack.unflatten(0, (seeds, -1)))
         noise = plan_noise(model, len(obs) // seeds, z.device)
         action, mean = self._plan(model, z, previous_mean.unflatten(0, (seeds, -1)), noise, explore)
-        action, mean = action.flatten(0, 1), mean.flatten(0, 1)
+        # copies: with CUDA graphs the next planning call overwrites its outputs in place
+        action, mean = action.flatten(0, 1).clone(), mean.flatten(0, 1).clone()
         if model.discrete_actions:
             action = model.model_action(action)
         return action, {"stack": stack, "mean": mean}
