@@ -6,8 +6,10 @@ model, batch size, precision, threads and device. The model is loaded once befor
 load time is reported separately). Weights: random tensors of the real architecture, written
 to a temporary weights directory and loaded through the registry's real loading path (no
 pretrained weights can be downloaded here; throughput does not depend on their values).
-Also: 2 Dask workers x 1 thread vs 1 process x 2 threads (an existing, warmed-up local
-cluster passed as `scheduler`). Prints one JSON document.
+`loaders` is the number of loader processes the default settings give on this device (none on
+the CPU); `--loaders N ...` also times encode with N loader processes decoding shards, as
+`loaders_N_ratio`. Also: 2 Dask workers x 1 thread vs 1 process x 2 threads (an existing,
+warmed-up local cluster passed as `scheduler`). Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +59,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--loaders", nargs="*", type=int, default=[],
+                        help="also time encode with these numbers of loader processes")
+    parser.add_argument("--collect-workers", type=int, default=1, help="env processes collecting the dataset")
     args = parser.parse_args()
     threads = torch.get_num_threads()
 
@@ -64,10 +70,11 @@ def main() -> None:
     (tmp / "weights").mkdir()
     dataset = tmp / "trajectories"
     collect.run(CollectConfig(env=args.env, episodes=args.episodes, max_steps=args.steps, episodes_per_shard=1,
-                              out=dataset), show_progress=False)
+                              out=dataset, workers=args.collect_workers), show_progress=False)
     from pipeline.storage.trajectory_reader import iter_episodes
 
     frames = torch.from_numpy(np.concatenate([e.frames for e in iter_episodes(dataset)]))
+    print(f"collected {len(frames)} frames", file=sys.stderr, flush=True)
     results = []
     for name in args.models:
         write_random_weights(name, tmp / "weights")
@@ -81,14 +88,23 @@ def main() -> None:
             rates["bare"].append(bare_forward_rate(encoder, frames, args.batch_size))
             rates["encode"].append(encode_rate(EncodeConfig(**options, out=str(tmp / f"{name}-{repeat}.zarr")),
                                                len(frames)))
+        for loaders in args.loaders:
+            rates[f"loaders_{loaders}"] = [
+                encode_rate(EncodeConfig(**options, loaders=loaders, out=str(tmp / f"{name}-l{loaders}-{repeat}.zarr")),
+                            len(frames)) for repeat in range(args.repeats)]
         median = {k: statistics.median(v) for k, v in rates.items()}
+        print(json.dumps({"model": name, **median}), file=sys.stderr, flush=True)   # progress
         result = {"model": name, "architecture": get_spec(name).architecture, "frames": len(frames),
                   "frame_size": int(frames.shape[1]), "resolution": get_spec(name).resolution,
                   "batch_size": args.batch_size, "precision": "bf16-autocast" if encoder.bf16 else "fp32",
                   "device": args.device, "threads": threads, "repeats": args.repeats,
                   "model_load_s": round(load_s, 2), "bare_forward_frames_per_s": round(median["bare"], 1),
                   "encode_frames_per_s": round(median["encode"], 1),
+                  "loaders": encode.encode_loaders(EncodeConfig(**options)),
                   "ratio": round(median["encode"] / median["bare"], 3), "target_ratio": 0.90}
+        for loaders in args.loaders:
+            result[f"loaders_{loaders}_encode_frames_per_s"] = round(median[f"loaders_{loaders}"], 1)
+            result[f"loaders_{loaders}_ratio"] = round(median[f"loaders_{loaders}"] / median["bare"], 3)
         if not args.no_dask:
             result.update(dask_comparison(options, tmp, name, len(frames), args.repeats))
         results.append(result)

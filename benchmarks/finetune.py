@@ -9,6 +9,10 @@ updates) and other (bookkeeping). Next to it: the bare env rate (step + render),
 the loop. PVR weights: random tensors of the real architecture through the registry's loading
 path (none can be downloaded here; speed does not depend on their values).
 
+`--modes eager compiled`: tdmpc also through torch.compile (inductor on the CPU, CUDA graphs on a
+GPU); a first run compiles (`first_run_s`), a second run of the same length in the same process
+is the one timed.
+
 `--seeds K` (tdmpc) also fine-tunes K seeds, each from its own offline run, as one batched model
 (`finetune --seed 0 ... --seed K-1`) and then each seed alone, one after another in the same
 process: `seeds_K_speedup` = (playing seconds of the K lone runs) / (playing seconds of the
@@ -46,6 +50,23 @@ def bare_env_rate(env_id: str, frame_size: int, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def timed_finetune(run_dir: Path, mode: str, args, root: Path) -> dict:
+    """One finetune run's agent steps/s and time shares. Compiled: a first run of the same length
+    compiles (its seconds are `first_run_s`), then a second one in the same process is timed."""
+    options = dict(run=run_dir, env_steps=args.steps, eval_every=10 ** 9, eval_episodes=1, num_envs=args.num_envs,
+                   device=args.device, compile=mode == "compiled")
+    row = {}
+    if mode == "compiled":
+        out, = finetune.run(FinetuneConfig(**options, out=root / "compiling"), show_progress=False)
+        row["first_run_s"] = round(read_summary(out / TIMING_DIR)["seconds"]["round"], 2)
+    out, = finetune.run(FinetuneConfig(**options, out=root / mode), show_progress=False)
+    progress = load_checkpoint(out / AGENT_CHECKPOINT)["progress"]
+    seconds = read_summary(out / TIMING_DIR)["seconds"]
+    return row | {"agent_steps": progress["env_steps"], "updates": progress["updates"],
+                  "agent_steps_per_s": round(progress["env_steps"] / seconds["round"], 2),
+                  **{f"{part}_share": round(share, 3) for part, share in finetune.time_shares(seconds).items()}}
+
+
 def batched_seeds(store: str, args, root: Path) -> dict:
     """K seeds fine-tuned as one batched tdmpc model, and each alone: playing seconds and speed-up."""
     seeds = list(range(args.seeds))
@@ -78,6 +99,8 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, default=1, help="tdmpc: also K seeds batched against each alone")
+    parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled"],
+                        help="compiled: tdmpc through torch.compile (CUDA graphs on a GPU)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="pvr-pipe-bench-"))
@@ -98,16 +121,12 @@ def main() -> None:
             run_dir = train.run(TrainConfig(store=store, world_model=world_model, preset=args.preset, settings=settings,
                                             updates=10, out=tmp / "runs" / encoder / world_model, device=args.device),
                                 show_progress=False)[0]
-            out, = finetune.run(FinetuneConfig(run=run_dir, env_steps=args.steps, eval_every=10 ** 9, eval_episodes=1,
-                                              num_envs=args.num_envs, device=args.device), show_progress=False)
-            progress = load_checkpoint(out / AGENT_CHECKPOINT)["progress"]
-            seconds = read_summary(out / TIMING_DIR)["seconds"]
-            shares = finetune.time_shares(seconds)
-            results.append({"encoder": encoder, "world_model": world_model, "preset": args.preset,
-                            "agent_steps": progress["env_steps"], "updates": progress["updates"],
-                            "agent_steps_per_s": round(progress["env_steps"] / seconds["round"], 2),
-                            "bare_env_steps_per_s": round(bare, 1),
-                            **{f"{part}_share": round(share, 3) for part, share in shares.items()}})
+            for mode in args.modes:
+                if mode == "compiled" and world_model == "dreamer":
+                    continue   # dreamer has no compiled update (world_models/dreamer.py)
+                results.append({"encoder": encoder, "world_model": world_model, "preset": args.preset,
+                                "compiled": mode == "compiled", "bare_env_steps_per_s": round(bare, 1),
+                                **timed_finetune(run_dir, mode, args, tmp / "finetune" / encoder / world_model)})
             if world_model == "tdmpc" and args.seeds > 1:
                 results[-1] |= batched_seeds(store, args, tmp / "seeds" / encoder)
     print(json.dumps({"benchmark": "finetune", "env": args.env, "num_envs": args.num_envs, "device": args.device,

@@ -213,7 +213,8 @@ def main() -> None:
             key = f"{row['world_model']}_{row['preset']}_{row['input']}"
             speedups[key] = {"update": eager["update_ms"] / row["update_ms"], "plan": eager["plan_ms"] / row["plan_ms"]}
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "torch": torch.__version__, "threads": args.threads, "device": args.device},
+                          "torch": torch.__version__, "threads": args.threads, "device": args.device,
+                          **({"gpu": torch.cuda.get_device_name(args.device)} if args.device.startswith("cuda") else {})},
               "bare_matmul_gflop_per_s": matmul / 1e9, "compiled_speedup": speedups, "results": rows,
               "seeds": seed_rows}
     text = json.dumps(report, indent=1)
