@@ -11,8 +11,9 @@
 # GPU_BENCH_ONLY="finetune encode ..." runs only the benchmarks named.
 #
 # Order: K = 1, 4, 16 tdmpc seeds in one process (eager) -> finetune, pixels, dreamer and tdmpc
-# `xs` (eager, and tdmpc compiled: CUDA graphs) -> the seeds compiled -> encode with loader
-# processes -> update and planning of every `xs` / `s` model (eager).
+# `xs` (eager, then compiled: tdmpc with CUDA graphs, dreamer's RSSM steps) -> the seeds
+# compiled -> encode with loader processes -> update and planning of both `xs` models, eager
+# and compiled.
 set -u
 out=${1:-benchmarks/results/gpu}
 mkdir -p "$out"
@@ -40,12 +41,12 @@ step learner_seeds 60 benchmarks/learner.py --device cuda --world-models tdmpc -
     --inputs state pixels --only-seeds --seeds 1 4 16 --modes eager --repeats 20
 step finetune 100 benchmarks/finetune.py --device cuda --encoders pixels --world-models dreamer tdmpc \
     --steps 300 --episode-steps 100
-step finetune_compiled 150 benchmarks/finetune.py --device cuda --encoders pixels --world-models tdmpc \
+step finetune_compiled 150 benchmarks/finetune.py --device cuda --encoders pixels --world-models tdmpc dreamer \
     --steps 300 --episode-steps 100 --modes compiled
 step learner_seeds_compiled 100 benchmarks/learner.py --device cuda --world-models tdmpc --presets xs \
     --inputs state --only-seeds --seeds 1 16 --modes compiled --repeats 20
 step encode 120 benchmarks/encode.py --device cuda --models dinov2 r3m-rn18 --episodes 32 --steps 249 \
     --collect-workers 8 --batch-size 256 --repeats 1 --no-dask --loaders 0 14
-step learner 120 benchmarks/learner.py --device cuda --world-models tdmpc dreamer --presets xs s \
-    --inputs state pixels --modes eager --repeats 10
+step learner 120 benchmarks/learner.py --device cuda --world-models tdmpc dreamer --presets xs \
+    --inputs state pixels --modes eager compiled --repeats 10
 cat "$out/summary.txt"

@@ -42,7 +42,7 @@ What runs (all under `--workdir`, default `benchmarks/runs/`, which git ignores)
   `--offline-fraction 0` means it is never trained on.
 - `pvr-pipe encode --model <encoder> --dataset W/data/<task> --out W/stores/<task>/<encoder>.zarr`.
 - `pvr-pipe finetune --store ... --world-model <wm> --preset <p> --offline-fraction 0 --seed <s>
-  --env-steps N --eval-every E --eval-episodes K --train-ratio ... --threads 1 [--compile]
+  --env-steps N --eval-every E --eval-episodes K --train-ratio ... --threads 1 --[no-]compile
   --out W/runs/<task>/<encoder>/<wm>-<preset>/seed<s>`. A train ratio other than the reference
   one, a `--seed-steps` and an `--episode-steps` are named in the directory
   (`<wm>-<preset>-tr1-ss0-ep100`), and so is each `--set WM:KEY=VALUE`, which passes
@@ -693,9 +693,9 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin jobs to cores")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per command")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compile", nargs="*", default=[], choices=["tdmpc"], metavar="WM",
+    parser.add_argument("--compile", nargs="*", default=[], choices=["tdmpc", "dreamer"], metavar="WM",
                         help="world models whose runs pass `finetune --compile` (tdmpc: about 1.5x on the CPU); the "
-                             "others take finetune's default, which compiles tdmpc runs of 10,000+ updates")
+                             "others pass --no-compile, so that a curve never depends on finetune's default")
     parser.add_argument("--set", nargs="+", metavar="[WM:]KEY=VALUE", dest="settings",
                         help="`finetune --set` for a world model's runs (e.g. dreamer:actor_grad=dynamics); "
                              "named in their run directory")
@@ -755,7 +755,7 @@ def main() -> None:
                                "--num-envs", str(args.num_envs),
                                *(["--max-steps", str(args.episode_steps)] if args.episode_steps else []),
                                "--device", args.device, "--threads", str(args.threads), "--quiet",
-                               *(["--compile"] if wm in args.compile else []),
+                               "--compile" if wm in args.compile else "--no-compile",
                                *[arg for key, value in sorted(settings[wm].items()) for arg in ("--set", f"{key}={value}")],
                                "--out", str(run_dir)]
                     record_file = out / "reference_curves_runs" / rel.with_suffix(".json")

@@ -134,7 +134,8 @@ class TrainConfig(StrictConfig):
     device: str = "cpu"
     threads: int | None = Field(None, gt=0, description="torch threads")
     compile: bool | Literal["auto"] = Field("auto", description="torch.compile the update (tdmpc: and its "
-                                                      "planning); auto: tdmpc on runs of 10,000 updates or more")
+                                                      "planning; dreamer: its RSSM steps); auto: tdmpc on "
+                                                      "runs of 10,000 updates or more")
 
     @property
     def seeds(self) -> list[int]:
@@ -181,7 +182,8 @@ class FinetuneConfig(StrictConfig):
     device: str = "cpu"
     threads: int | None = Field(None, gt=0, description="torch threads")
     compile: bool | Literal["auto"] = Field("auto", description="torch.compile the update (tdmpc: and its "
-                                                      "planning); auto: tdmpc on runs of 10,000 updates or more")
+                                                      "planning; dreamer: its RSSM steps); auto: tdmpc on "
+                                                      "runs of 10,000 updates or more")
 
     @property
     def seeds(self) -> list[int]:

@@ -126,7 +126,7 @@ def load_config_with_settings(config_class, config_refs: tuple[str, ...], option
 @click.option("--device", help="cpu, cuda or cuda:N.")
 @click.option("--threads", type=int, help="torch threads.")
 @click.option("--compile/--no-compile", "compile_", default=None,
-              help="torch.compile the update (tdmpc: and planning); default: tdmpc runs of 10,000+ updates.")
+              help="torch.compile the update (tdmpc: and planning; dreamer: its RSSM steps); default: tdmpc runs of 10,000+ updates.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config_refs: tuple[str, ...], settings: tuple[str, ...], seeds: tuple[int, ...], quiet: bool,
           compile_: bool | None, **options) -> None:
@@ -183,7 +183,7 @@ def evaluate_model(config_refs: tuple[str, ...], stores: tuple[str, ...], **opti
 @click.option("--device", help="cpu, cuda or cuda:N.")
 @click.option("--threads", type=int, help="torch threads.")
 @click.option("--compile/--no-compile", "compile_", default=None,
-              help="torch.compile the update (tdmpc: and planning); default: tdmpc runs of 10,000+ updates.")
+              help="torch.compile the update (tdmpc: and planning; dreamer: its RSSM steps); default: tdmpc runs of 10,000+ updates.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def finetune(config_refs: tuple[str, ...], settings: tuple[str, ...], seeds: tuple[int, ...], quiet: bool,
              compile_: bool | None, **options) -> None:

@@ -246,3 +246,27 @@ def test_the_pixel_reconstruction_loss_is_the_per_frame_squared_error_and_leaves
         per_frame = (model.decoder(states["feat"]) - target).pow(2).flatten(2).sum(-1)
     assert metrics["reconstruction"] == pytest.approx(float(per_frame.mean()), rel=1e-5)
     assert model.decoder(states["feat"]).is_contiguous()
+
+
+@pytest.mark.slow
+def test_compiled_rssm_steps_compute_what_the_eager_ones_do():
+    """`--compile`: the same losses, weights and actions as eager (sampling stays eager, so every
+    random number is eager's; inductor only rounds differently)."""
+    seen = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        agent = make()
+        if compiled:
+            agent.compile()
+        optimizers = agent.make_optimizers()
+        torch.manual_seed(1)
+        metrics = [agent.train_step(batch_for(agent, seed), optimizers) for seed in range(3)]
+        action, _ = agent.act(batch_for(agent)["obs"][:2, 0], agent.initial_state(2),
+                              torch.ones(2, dtype=torch.bool), explore=False)
+        seen.append((metrics, action, agent.state_dict()))
+    (eager_metrics, eager_action, eager_state), (metrics, action, state) = seen
+    for eager_row, row in zip(eager_metrics, metrics):
+        assert row == pytest.approx(eager_row, rel=1e-3, abs=1e-5)
+    torch.testing.assert_close(action, eager_action, atol=1e-4, rtol=0)
+    for name, value in eager_state.items():
+        torch.testing.assert_close(state[name], value, atol=1e-5, rtol=1e-4, msg=name)

@@ -110,9 +110,17 @@ def test_finetune_writes_a_learning_curve_an_online_store_and_an_agent_that_acts
     assert name.startswith(f"agent:{out}") and agent.action_dim == 2
 
 
-@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=[pytest.mark.slow, pytest.mark.timeout(2400)])])
-def test_finetune_resumes_after_sigkill_as_if_never_interrupted(toy_run, tmp_path, compiled):
-    _, run_dir = toy_run
+SLOW_COMPILE = [pytest.mark.slow, pytest.mark.timeout(2400)]
+
+
+@pytest.mark.parametrize("world_model,compiled", [("tdmpc", False), pytest.param("tdmpc", True, marks=SLOW_COMPILE),
+                                                  pytest.param("dreamer", True, marks=SLOW_COMPILE)])
+def test_finetune_resumes_after_sigkill_as_if_never_interrupted(toy_run, tmp_path, world_model, compiled):
+    root, run_dir = toy_run
+    if world_model == "dreamer":
+        run_dir = train.run(TrainConfig(store=str(root / "pixels.zarr"), world_model="dreamer", preset="xs", updates=2,
+                                        settings={"sequence_length": 8, "batch_size": 4}, out=tmp_path / "offline"),
+                            show_progress=False)[0]
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     flags = ["--compile"] if compiled else []
     process = subprocess.Popen([PVR_PIPE, *map(str, finetune_args(run_dir, killed, steps=100)), *flags],

@@ -108,7 +108,8 @@ def test_compile_auto_compiles_long_tdmpc_runs_only_and_a_given_setting_wins():
     assert TrainConfig().compile == "auto"
     assert compiles("tdmpc", "auto", COMPILE_FROM_UPDATES) and compiles("tdmpc", "auto", 100_000)
     assert not compiles("tdmpc", "auto", COMPILE_FROM_UPDATES - 1)
-    assert not compiles("dreamer", "auto", 100_000)            # dreamer has no compiled update
+    assert not compiles("dreamer", "auto", 100_000)            # dreamer compiles only when asked
+    assert compiles("dreamer", True, 10)
     assert compiles("tdmpc", True, 10) and not compiles("tdmpc", False, 100_000)
     assert TrainConfig(compile=True).compile is True and TrainConfig(compile=False).compile is False
     with pytest.raises(ValueError):

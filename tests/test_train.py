@@ -159,8 +159,6 @@ def test_bad_inputs_give_one_line(linear_store, toy_dataset, tmp_path):
     assert_user_error(pvr_pipe("train", "--store", linear_store, "--set", "lr"), "KEY=VALUE")
     assert_user_error(pvr_pipe("train", "--store", linear_store, "--set", "batch_size=-4", "--out", tmp_path / "r"),
                       "batch_size", "at least 1")
-    assert_user_error(pvr_pipe("train", "--store", linear_store, "--world-model", "dreamer", "--compile",
-                               "--out", tmp_path / "r"), "no compiled update", "without --compile")
     assert_user_error(pvr_pipe("evaluate-model", "--run", tmp_path / "nothing"), "not a training run")
     assert not (tmp_path / "r").exists()
 
