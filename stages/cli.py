@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -343,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_interrupt)
+    # torch.compile's first use warns "No CUDA runtime is found, using CUDA_HOME=..." on every
+    # machine without a GPU whose torch is a CUDA build: noise, not something a user can act on.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         result = cli.main(args=argv, prog_name="pvr-pipe", standalone_mode=False)
         if interrupts:
