@@ -10,8 +10,8 @@ the loop. PVR weights: random tensors of the real architecture through the regis
 path (none can be downloaded here; speed does not depend on their values).
 
 `--modes eager compiled`: also through torch.compile (tdmpc: inductor on the CPU, CUDA graphs on
-a GPU; dreamer: its RSSM steps, inductor); a first run compiles (`first_run_s`), a second run of the same length in the same process
-is the one timed.
+a GPU; dreamer: its RSSM steps, inductor); a first run compiles (`first_run_s`), a second run of
+the same length in the same process is the one timed.
 
 `--seeds K` (tdmpc) also fine-tunes K seeds, each from its own offline run, as one batched model
 (`finetune --seed 0 ... --seed K-1`) and then each seed alone, one after another in the same

@@ -55,15 +55,14 @@ def prefetch(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
             buffer.get_nowait()
 
 
-def map_in_processes(function: Callable[[Item], Result], items: Iterable[Item], processes: int,
-                     ahead: int | None = None) -> Iterator[Result]:
+def map_in_processes(function: Callable[[Item], Result], items: Iterable[Item], processes: int) -> Iterator[Result]:
     """`function` over `items` in `processes` spawned processes, results in the order of `items`,
-    at most `ahead` (default 2 per process) computed but not yet consumed, so memory stays bounded.
+    at most 2 per process computed but not yet consumed, so memory stays bounded.
 
     Spawned, not forked: the caller may hold CUDA and threads, which a forked child must not inherit.
     `function` and the items must pickle.
     """
-    ahead = ahead or 2 * processes
+    ahead = 2 * processes
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: collections.deque = collections.deque()
         for item in items:

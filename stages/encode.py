@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections import defaultdict
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ from pipeline.parallel import dask_client, map_in_processes, prefetch
 from pipeline.storage import embedding_store
 from pipeline.storage.episode import STEP_ARRAYS
 from pipeline.storage.frame_units import (EpisodeSpan, Unit, default_chunk_frames, episode_spans, plan_units,
-                                          read_unit, read_unit_arrays)
+                                          read_unit_arrays)
 from pipeline.storage.manifest import TrajectoryManifest, read_manifest_bytes
 from pipeline.storage.writer_lock import writer_lock
 
@@ -52,29 +50,23 @@ def encode_units(cfg: EncodeConfig, encoder: FrozenEncoder, dataset: str, spans:
                  store_url: str, units: list[Unit], on_batch=None) -> list[dict]:
     """Encode `units` in order, each written to its region of every array and marked done.
 
-    One loader thread reads, decodes and preprocesses ahead across unit boundaries, so the
-    model never waits for the first batch of the next unit. With loader processes, they read and
-    decode whole units ahead and the thread only moves frames to the device and preprocesses them.
+    One loader thread reads and decodes each unit whole and preprocesses it ahead across unit
+    boundaries, so the model never waits for the first batch of the next unit. With loader
+    processes, they read and decode units ahead and the thread only moves frames to the device
+    and preprocesses them.
     """
     loaders = encode_loaders(cfg)
+    jobs = ((dataset, spans, unit, encoder.spec.reads) for unit in units)
+    units_read = map_in_processes(read_unit_arrays, jobs, loaders) if loaders else map(read_unit_arrays, jobs)
 
     def batches():
-        for unit in units:
-            steps: dict[str, list[np.ndarray]] = defaultdict(list)
-            frames = read_unit(dataset, spans, unit, steps, encoder.spec.reads)
-            while batch := list(islice(frames, cfg.batch_size)):
-                yield unit, encoder.preprocess(np.stack(batch)), None
-            yield unit, None, steps  # the unit's frames are all read
-
-    def batches_from_loaders():
-        jobs = ((dataset, spans, unit, encoder.spec.reads) for unit in units)
-        for unit, (frames, steps) in zip(units, map_in_processes(read_unit_arrays, jobs, loaders)):
+        for unit, (frames, steps) in zip(units, units_read):
             for start in range(0, len(frames), cfg.batch_size):
                 yield unit, encoder.preprocess(frames[start:start + cfg.batch_size]), None
-            yield unit, None, steps
+            yield unit, None, steps  # the unit's frames are all read
 
     records, outputs = [], []
-    for unit, x, steps in prefetch(batches_from_loaders() if loaders else batches()):
+    for unit, x, steps in prefetch(batches()):
         if x is not None:
             outputs.append(encoder.forward(x).cpu().numpy())
             if on_batch:

@@ -367,7 +367,7 @@ class TDMPCWorldModel(nn.Module):
     def update(self, batch: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer]) -> list[dict[str, float]]:
         """One update of every seed on its own batch (seeds, B, ...); each seed's metrics."""
         noise = self.update_noise(batch)
-        torch.compiler.cudagraph_mark_step_begin()   # compiled with CUDA graphs: a new step's outputs
+        torch.compiler.cudagraph_mark_step_begin()   # with CUDA graphs: this update is a new step
         total, parts, latents = self._losses(batch, noise)
         optimizers["model"].zero_grad(set_to_none=True)
         total.sum().backward()      # seeds share no weights: each gets the gradient of its own loss
